@@ -1,0 +1,51 @@
+"""A one-axis device mesh for data-parallel training.
+
+Parameters are replicated and batches are split along their first axis over every
+device, so a jitted step written for one device runs data-parallel without change: XLA
+inserts the gradient all-reduce because the loss is a mean over the sharded batch.
+"""
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def data_mesh(devices=None):
+    """Mesh with one axis, "data", over `devices` (default: all devices)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh):
+    """Sharding that places a full copy on every device."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh):
+    """Sharding that splits the leading (batch) axis over the mesh."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def shard_batch(mesh, *arrays):
+    """Place host arrays on the mesh split along axis 0.
+
+    Raises:
+      ValueError: the batch size is not a multiple of the number of devices.
+    """
+    devices = mesh.devices.size
+    for array in arrays:
+        if array.shape[0] % devices:
+            raise ValueError(
+                f"batch of {array.shape[0]} examples cannot be split evenly over {devices} "
+                f"devices; choose a batch size that is a multiple of {devices}."
+            )
+    sharding = batch_sharded(mesh)
+    placed = tuple(jax.device_put(a, sharding) for a in arrays)
+    return placed if len(placed) > 1 else placed[0]
+
+
+def replicate(mesh, tree):
+    """Place a pytree on every device of the mesh."""
+    return jax.device_put(tree, replicated(mesh))

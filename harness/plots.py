@@ -1,0 +1,60 @@
+"""Matplotlib figures for reports, written as PNG files with the non-interactive backend."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+
+def line_plot(path, x, series, *, xlabel, ylabel, title, reference_lines=None, xticks=None):
+    """Plot named series against shared x values and save a PNG.
+
+    Args:
+      path: output file.
+      x: x values shared by every series.
+      series: name -> y values (None entries are left as gaps).
+      xlabel, ylabel, title: axis labels and title.
+      reference_lines: name -> constant y drawn as a dashed horizontal line.
+      xticks: explicit tick positions, e.g. the bit widths evaluated.
+
+    Returns:
+      the saved path.
+    """
+    path = Path(path)
+    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for name, values in series.items():
+        ys = [float("nan") if v is None else v for v in values]
+        axes.plot(x, ys, marker="o", label=name)
+    for index, (name, value) in enumerate((reference_lines or {}).items()):
+        axes.axhline(value, linestyle="--", linewidth=1, color=f"C{index + len(series)}", label=name)
+    if xticks is not None:
+        axes.set_xticks(list(xticks))
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def histogram(path, samples, *, bins, xlabel, title):
+    """Histogram of named samples (name -> 1-d array), overlaid, saved as PNG."""
+    path = Path(path)
+    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for name, values in samples.items():
+        axes.hist(values, bins=bins, histtype="step", label=name, density=True)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("density")
+    axes.set_title(title)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path

@@ -1,0 +1,10 @@
+"""Flax architectures shared by the research lines.
+
+Every architecture takes its layer classes (`conv`, `dense`) as arguments, so that an
+approximate or quantized layer plugs in without this package importing it.
+"""
+
+from models.cnn import MnistCNN
+from models.resnet import ResNet, resnet20
+
+__all__ = ["MnistCNN", "ResNet", "resnet20"]

@@ -1,0 +1,31 @@
+"""Test-wide settings: key-reuse checking, no hub access, a private cache, the data mirror."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Set before jax or datasets are imported by any test module.
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("JAXLAB_CACHE_DIR", tempfile.mkdtemp(prefix="jaxlab-test-cache-"))
+
+import jax  # noqa: E402
+
+jax.config.update("jax_debug_key_reuse", True)
+
+REPO = Path(__file__).resolve().parents[1]
+MIRROR = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    """The data mirror: JAXLAB_DATA_DIR, else ../shared/data beside the checkout."""
+    configured = os.environ.get("JAXLAB_DATA_DIR")
+    path = Path(configured) if configured else MIRROR
+    if not (path / "mnist" / "train.parquet").is_file():
+        raise FileNotFoundError(
+            f"the tests need the data mirror with mnist/ and cifar10/; {path} has no "
+            "mnist/train.parquet. Set JAXLAB_DATA_DIR to the mirror."
+        )
+    return str(path)

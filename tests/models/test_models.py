@@ -1,0 +1,56 @@
+"""Architectures: output shapes, parameter counts and injected layer classes."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from approx import layers
+from models import MnistCNN, resnet20
+
+
+def count(params):
+    return sum(x.size for x in jax.tree_util.tree_leaves(params))
+
+
+def test_mnist_cnn_shapes_and_batch_norm():
+    model = MnistCNN()
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    assert set(variables) == {"params", "batch_stats"}
+    logits = model.apply(variables, jnp.zeros((3, 28, 28, 1)))
+    assert logits.shape == (3, 10)
+    plain = MnistCNN(use_batch_norm=False).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    assert set(plain) == {"params"}
+
+
+def test_resnet20_parameter_count_and_shape():
+    model = resnet20()
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    # 0.27M in He et al. (2016) with identity shortcuts; projections add 2,752 weights
+    # and 192 batch-norm parameters.
+    assert 270_000 < count(variables["params"]) < 276_000
+    assert model.apply(variables, jnp.zeros((2, 32, 32, 3))).shape == (2, 10)
+
+
+def test_injected_layers_reuse_flax_parameters():
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    variables = resnet20().init(jax.random.key(2), x)
+    approximate = resnet20(
+        conv=functools.partial(layers.Conv, multiplier="exact"),
+        dense=functools.partial(layers.Dense, multiplier="exact"),
+    )
+    np.testing.assert_allclose(
+        approximate.apply(variables, x), resnet20().apply(variables, x), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_batch_norm_statistics_update_in_training():
+    model = MnistCNN(conv=nn.Conv, dense=nn.Dense)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    x = jax.random.normal(jax.random.key(1), (4, 28, 28, 1))
+    _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    before = variables["batch_stats"]["norm0"]["mean"]
+    after = updates["batch_stats"]["norm0"]["mean"]
+    assert not np.allclose(before, after)
