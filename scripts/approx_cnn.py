@@ -528,7 +528,7 @@ def run(config, run_dir):
 
 
 def main(argv=None):
-    common.run_standalone(MODULE, PRESETS, run, argv=argv, description=__doc__.split("\n\n")[0])
+    return common.run_standalone(MODULE, PRESETS, run, argv=argv, description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":
