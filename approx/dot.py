@@ -5,9 +5,9 @@ the approximate-computing literature: only the multiplier is approximate. The or
 those additions is XLA's (a reduction inside each chunk, then chunk after chunk), as for
 `lax.dot_general` itself.
 
-Nothing of size M x K x N is materialised: the contraction axis is cut into chunks so
-that one chunk of products holds at most `chunk_elements` values, and rows are blocked
-when a single column of products is already larger than that.
+Nothing of size M x K x N is materialised. The contraction axis is cut into chunks of
+at most `chunk_elements` products each, and rows are blocked when the products of one
+contraction index alone exceed that.
 
 Mitchell multipliers take a faster path. Each operand is turned once into an int32
 logarithm and a sign (O(MK + KN) work), so a product costs an integer addition, a range
@@ -109,7 +109,7 @@ def _special_terms(a, b, precision):
     """Sum of the products that involve an infinite or NaN operand, by two native dots.
 
     `special(x)` keeps inf and NaN and zeroes the rest; `unit(x)` is +-1 for normals and
-    infinities, +-0 for zeros and subnormals (flushed, as the Mitchell truth table says)
+    infinities, +-0 for zeros and subnormals (flushed, as in the Mitchell truth table)
     and NaN for NaN. Then special(a) . unit(b) + unit(a) . special(b) is 0 where no product
     has an inf or NaN operand, and otherwise the inf or NaN that the float32 sum of the
     Mitchell products reaches: inf * 0 gives NaN, inf * normal gives a signed inf, and
@@ -255,7 +255,7 @@ def _im2col(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimen
 
 def conv_operands(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                   dimension_numbers=None):
-    """The two matrices whose products a convolution sums: [M, K] patches, [K, N] kernel.
+    """Unfold a convolution into the two matrices whose products it sums: [M, K], [K, N].
 
     Every product of the convolution is patches[m, k] * kernel[k, n] for some m, k, n,
     which is what error statistics on a network's real operands sample from.
@@ -364,7 +364,7 @@ def conv_general_dilated(
     which only copies values, and contract the patches with the kernel by `dot_general`.
 
     Args:
-      lhs: input, laid out as `dimension_numbers` says (default NCHW as in lax).
+      lhs: input, laid out as given by `dimension_numbers` (default NCHW as in lax).
       rhs: kernel (default OIHW as in lax).
       window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers: as lax.
       feature_group_count, batch_group_count: only 1 is supported.

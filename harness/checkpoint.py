@@ -1,6 +1,6 @@
 """Orbax checkpoints of one training run, refused when the run's config differs.
 
-A run directory holds `run.json` (the config that produced it and the jaxlab version)
+A run directory contains `run.json` (the config that produced it and the jaxlab version)
 and `checkpoints/` (orbax, one folder per saved step, the newest few kept). Opening a
 directory written by another config or version raises ValueError instead of loading
 or overwriting it.
@@ -79,7 +79,7 @@ class Checkpointer:
             )
 
     def latest_step(self):
-        """The newest saved step, or None."""
+        """Return the newest saved step, or None."""
         return self._manager.latest_step()
 
     def restore(self, like):
@@ -93,7 +93,7 @@ class Checkpointer:
         return restored
 
     def save(self, step, tree, *, force=False):
-        """Save `tree` at `step` when the interval says so or `force` is set."""
+        """Save `tree` at `step` when `step` is a multiple of the interval or `force` is set."""
         saved = self._manager.save(step, args=ocp.args.StandardSave(tree), force=force)
         if saved:
             self._manager.wait_until_finished()

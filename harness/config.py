@@ -8,8 +8,8 @@ from preset name to a config instance:
     paper: the published scale, for a GPU or TPU.
 
 `parse_cli` picks the preset named by `--preset`, then lets every other field be
-overridden on the command line (`--learning-rate 0.05`); tyro prints `--help`, rejects
-unknown options and bad values, and exits with status 2.
+overridden on the command line (`--learning-rate 0.05`). tyro prints `--help`, and it
+rejects unknown options and bad values with exit status 2.
 """
 
 import dataclasses
@@ -20,7 +20,7 @@ from typing import Mapping, Sequence, TypeVar
 import tyro
 
 PRESET_NAMES = ("smoke", "small", "paper")
-# Fields that say where files go, not what is computed; they do not enter the config hash.
+# Fields that locate files rather than change results, so they stay out of the config hash.
 LOCATION_FIELDS = ("data_dir", "results_dir", "workdir")
 
 ConfigT = TypeVar("ConfigT")
@@ -32,7 +32,7 @@ class _PresetChoice:
 
 
 def select_preset(presets: Mapping[str, ConfigT], name: str) -> ConfigT:
-    """The config of preset `name`, or ValueError naming the valid presets."""
+    """Return the config of preset `name`; raise ValueError naming the valid presets."""
     if name not in presets:
         raise ValueError(f"unknown preset {name!r}; valid presets are {tuple(presets)}.")
     return presets[name]
@@ -66,14 +66,14 @@ def parse_cli(
 
 
 def to_dict(config) -> dict:
-    """A JSON-ready dict of a config dataclass or dict (tuples become lists)."""
+    """Convert a config dataclass or dict to a JSON-ready dict (tuples become lists)."""
     if dataclasses.is_dataclass(config):
         config = dataclasses.asdict(config)
     return json.loads(json.dumps(config, default=str))
 
 
 def config_hash(config, *, exclude: Sequence[str] = LOCATION_FIELDS) -> str:
-    """A short, stable hash of every field that changes results."""
+    """Hash every field that changes results into a short, stable hex string."""
     fields = {k: v for k, v in to_dict(config).items() if k not in exclude}
     text = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]

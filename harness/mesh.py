@@ -1,8 +1,8 @@
 """A one-axis device mesh for data-parallel training.
 
 Parameters are replicated and batches are split along their first axis over every
-device, so a jitted step written for one device runs data-parallel without change: XLA
-inserts the gradient all-reduce because the loss is a mean over the sharded batch.
+device. A jitted step written for one device then runs data-parallel without change,
+because XLA inserts the gradient all-reduce for a loss that averages a sharded batch.
 """
 
 import jax

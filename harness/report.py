@@ -35,7 +35,7 @@ def new_run_dir(root, preset, *, now=None):
 
 
 def markdown_table(headers, rows):
-    """A GitHub-flavoured Markdown table; cells are converted with str()."""
+    """Format a GitHub-flavoured Markdown table; cells are converted with str()."""
     lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
     return "\n".join(lines)
@@ -84,7 +84,7 @@ class Section:
 
 
 def machine_description():
-    """One line on the host and JAX backend, for reproducibility."""
+    """Describe the host and JAX backend in one line, for reproducibility."""
     devices = jax.devices()
     kinds = sorted({d.device_kind for d in devices})
     return (

@@ -102,7 +102,7 @@ def create_train_state(model, tx, sample_images, key):
 
 
 def make_train_step(model, tx, spec, *, augment=False):
-    """A jitted step: (state, images uint8 [N,H,W,C], labels [N], key) -> (state, metrics)."""
+    """Build a jitted step: (state, images uint8 [N,H,W,C], labels [N], key) -> (state, metrics)."""
 
     def loss_fn(params, batch_stats, images, labels):
         variables = {"params": params}
@@ -135,7 +135,7 @@ def make_train_step(model, tx, spec, *, augment=False):
 
 
 def make_eval_step(model, spec):
-    """A jitted step: (variables, images, labels, mask) -> summed loss and top-1/top-5 counts."""
+    """Build a jitted step: (variables, images, labels, mask) -> summed loss and top-1/top-5 counts."""
 
     def step(variables, images, labels, mask):
         logits = model.apply(variables, normalize(images, spec), train=False)
@@ -189,7 +189,7 @@ def progress(iterable=None, **kwargs):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FitOptions:
-    """How `fit` runs: steps, batching, logging and checkpoint cadence."""
+    """Options of `fit`: steps, batching, logging and augmentation."""
 
     steps: int
     batch_size: int
@@ -255,7 +255,7 @@ def fit(model, tx, dataset, options, *, checkpointer=None, metrics_log=None, mes
         if not (should_log or should_save):
             continue
 
-        # Checked before every save, so a checkpoint never holds a diverged state.
+        # Checked before every save, so that no checkpoint contains a diverged state.
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not (np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"])):
             raise FloatingPointError(

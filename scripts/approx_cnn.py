@@ -144,7 +144,7 @@ TASKS = {
 
 
 def multipliers(widths):
-    """The evaluated multipliers, exact first."""
+    """Build the evaluated multipliers, exact first."""
     chosen = [
         approx.get_multiplier("exact"),
         approx.get_multiplier("bf16", mode="nearest"),
@@ -157,7 +157,7 @@ def multipliers(widths):
 
 
 def build_model(task, multiplier=None):
-    """The task's network; with a multiplier, its conv and dense layers use it."""
+    """Build the task's network, with conv and dense layers using `multiplier` when given."""
     _, _, factory = TASKS[task]
     if multiplier is None:
         return factory(conv=nn.Conv, dense=nn.Dense)
@@ -473,7 +473,7 @@ def _comparison(results):
 
 
 def build_section(config, results, run_dir):
-    """The report section from the results of every task."""
+    """Build the report section from the results of every task."""
     chosen = multipliers(config.widths)
     tables, plot_paths = {}, []
     for task, result in results.items():

@@ -35,7 +35,7 @@ def _flatten(tree, prefix=""):
 
 
 def command_line(module, config, presets):
-    """The command that reruns `module` with `config`: its preset plus overridden fields."""
+    """Write the command that reruns `module` with `config`: its preset plus overridden fields."""
     parts = ["python", "-m", module, "--preset", config.preset]
     ours = _flatten(config_lib.to_dict(config))
     base = _flatten(config_lib.to_dict(presets[config.preset]))
