@@ -6,7 +6,7 @@ run it fast:
     | kind          | products                                   | contraction strategy       |
     |---------------|--------------------------------------------|----------------------------|
     | "native"      | exact float32 products of rounded operands | `lax.dot_general` on the   |
-    |               | (exact, bf16)                              | rounded operands           |
+    |               | (exact, bf16, truncated, drum)             | rounded operands           |
     | "log"         | Mitchell products from per-operand logs    | integer add per product    |
     | "elementwise" | any `f(a, b) -> float32`                   | broadcast, multiply, sum   |
 
@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import jax.numpy as jnp
 
-from approx import bfloat16, mitchell
+from approx import bfloat16, ilm, mitchell, truncated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,10 +88,49 @@ def _make_mitchell(w=23, unbiased=False):
     return Multiplier("mitchell", params, label, "log", multiply)
 
 
+def _make_truncated(w=23):
+    truncated.check_fraction_bits(w)
+
+    def round_operand(x):
+        return truncated.truncate_significand(x, w=w)
+
+    def multiply(a, b):
+        return round_operand(a) * round_operand(b)
+
+    return Multiplier("truncated", (("w", w),), f"Trunc-w{w}", "native", multiply, round_operand)
+
+
+def _make_drum(k=6):
+    truncated.check_fraction_bits(k, "k", 1, 24)
+
+    def round_operand(x):
+        return truncated.drum_round(x, k=k)
+
+    def multiply(a, b):
+        return round_operand(a) * round_operand(b)
+
+    return Multiplier("drum", (("k", k),), f"DRUM-{k}", "native", multiply, round_operand)
+
+
+def _make_ilm(iterations=1, w=23):
+    ilm.check_iterations(iterations)
+    mitchell.check_width(w)
+    label = f"ILM-{iterations}" + (f"-w{w}" if w != 23 else "")
+
+    def multiply(a, b):
+        return ilm.ilm_mul(a, b, iterations=iterations, w=w)
+
+    params = (("iterations", iterations), ("w", w))
+    return Multiplier("ilm", params, label, "elementwise", multiply)
+
+
 _FACTORIES = {
     "exact": _make_exact,
     "bf16": _make_bf16,
     "mitchell": _make_mitchell,
+    "truncated": _make_truncated,
+    "drum": _make_drum,
+    "ilm": _make_ilm,
 }
 
 
@@ -104,7 +143,8 @@ def get_multiplier(name, **params):
     """Build a registered multiplier.
 
     Examples: `get_multiplier("exact")`, `get_multiplier("bf16", mode="truncate")`,
-    `get_multiplier("mitchell", w=6, unbiased=True)`.
+    `get_multiplier("mitchell", w=6, unbiased=True)`, `get_multiplier("truncated", w=8)`,
+    `get_multiplier("drum", k=6)`, `get_multiplier("ilm", iterations=2)`.
 
     Raises:
       ValueError: on an unknown name, an unknown parameter or an invalid parameter value.

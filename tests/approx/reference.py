@@ -69,3 +69,62 @@ def truncate_fraction(x, w):
     scale = Fraction(2) ** w
     fraction = Fraction(math.floor(fraction * scale)) / scale
     return sign * float(Fraction(2) ** exponent * (1 + fraction))
+
+
+def significand_int(x):
+    """(sign, unbiased exponent, 24-bit integer significand) of a normal float32."""
+    sign, exponent, fraction = split(x)
+    return sign, exponent, int(fraction * 2**23) + 2**23
+
+
+def to_float32(sign, value):
+    """Round a non-negative Fraction to float32 as the emulators do: nearest even, then
+    inf above the range and +-0 below the normal range."""
+    with np.errstate(over="ignore"):
+        rounded = np.float32(float(value))  # exact in double here, then one rounding to float32
+    if np.isinf(rounded):
+        return sign * float("inf")
+    if abs(float(rounded)) < 2.0**-126:
+        return sign * 0.0
+    return sign * float(rounded)
+
+
+def ilm_integer(x, y, iterations):
+    """The ILM approximation of x * y for non-negative integers, with `iterations` corrections."""
+    if x == 0 or y == 0:
+        return 0
+    kx, ky = x.bit_length() - 1, y.bit_length() - 1
+    rx, ry = x - (1 << kx), y - (1 << ky)
+    term = (1 << (kx + ky)) + (rx << ky) + (ry << kx)
+    return term if iterations == 0 else term + ilm_integer(rx, ry, iterations - 1)
+
+
+def ilm(a, b, iterations, w):
+    """The ILM product of two normal float32 values by its definition."""
+    sign_a, ea, sa = significand_int(a)
+    sign_b, eb, sb = significand_int(b)
+    drop = 23 - w
+    sa, sb = (sa >> drop) << drop, (sb >> drop) << drop
+    product = Fraction(ilm_integer(sa, sb, iterations)) * Fraction(2) ** (ea + eb - 46)
+    return to_float32(sign_a * sign_b, product)
+
+
+def drum(a, b, k):
+    """The DRUM-k product of two normal float32 values by its definition."""
+    sign_a, ea, sa = significand_int(a)
+    sign_b, eb, sb = significand_int(b)
+    drop = 24 - k
+    sa = ((sa >> drop) << drop) | (1 << drop)
+    sb = ((sb >> drop) << drop) | (1 << drop)
+    product = Fraction(sa * sb) * Fraction(2) ** (ea + eb - 46)
+    return to_float32(sign_a * sign_b, product)
+
+
+def truncated(a, b, w):
+    """The product of two normal float32 values with fractions cut to w bits, rounded to float32."""
+    sign_a, ea, sa = significand_int(a)
+    sign_b, eb, sb = significand_int(b)
+    drop = 23 - w
+    sa, sb = (sa >> drop) << drop, (sb >> drop) << drop
+    product = Fraction(sa * sb) * Fraction(2) ** (ea + eb - 46)
+    return to_float32(sign_a * sign_b, product)

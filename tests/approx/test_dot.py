@@ -39,6 +39,9 @@ MULTIPLIERS = [
     approx.get_multiplier("mitchell", w=23),
     approx.get_multiplier("mitchell", w=6),
     approx.get_multiplier("mitchell", w=4, unbiased=True),
+    approx.get_multiplier("truncated", w=8),
+    approx.get_multiplier("drum", k=6),
+    approx.get_multiplier("ilm", iterations=1),
 ]
 
 
