@@ -1,19 +1,20 @@
 """Contractions (dot_general, convolution) in which every product uses a chosen multiplier.
 
 Every addition is an ordinary float32 addition, so accumulation is exact in the sense of
-the approximate-computing literature: only the multiplier is approximate. The order of
-those additions is XLA's (a reduction inside each chunk, then chunk after chunk), as for
-`lax.dot_general` itself.
+the approximate-computing literature: only the multiplier is approximate.
 
-Nothing of size M x K x N is materialised. The contraction axis is cut into chunks of
-at most `chunk_elements` products each, and rows are blocked when the products of one
-contraction index alone exceed that.
+Nothing of size M x K x N is materialised. A loop over the contraction axis adds, per
+step, the products of UNROLL contraction indices to a float32 [M, N] total, and rows are
+blocked so that one block of that total has at most `chunk_elements` entries. Sums run
+left to right within a step and step after step, so results do not depend on the
+chunking.
 
-Mitchell multipliers take a faster path. Each operand is turned once into an int32
-logarithm and a sign (O(MK + KN) work), so a product costs an integer addition, a range
-check and a sign XOR. Zero, subnormal, infinite and NaN operands are masked out of that
-path and handled by two native dots that carry only the special values; see
-`_special_terms`.
+Mitchell multipliers take faster paths. Each operand is turned once into an integer
+logarithm and a sign (O(MK + KN) work), so a product costs a few integer operations.
+When the operands are finite and their range rules out overflow (every CNN we run), a
+product costs five integer operations; see `_fast_log_kernel`. Otherwise a general
+kernel masks zero, subnormal, infinite and NaN operands out and two native dots carry
+the special values; see `_special_terms`. Both give the same bits where both apply.
 """
 
 import functools
@@ -27,7 +28,8 @@ from approx import bits as fb
 from approx import mitchell
 from approx.registry import as_multiplier
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 21
+DEFAULT_CHUNK_ELEMENTS = 1 << 20
+UNROLL = 8  # products per output element added in one fused step
 
 
 # --------------------------------------------------------------------------------------
@@ -66,23 +68,23 @@ def _to_canonical(lhs, rhs, dimension_numbers):
 
 
 # --------------------------------------------------------------------------------------
-# Per-chunk product sums, one per multiplier kind. Each maps operand chunks
-# a [B, M, k] and b [B, k, N] (already encoded by its `prepare`) to [B, M, N].
+# Products of one contraction index, one function per multiplier kind. `prepare` encodes
+# the operands once; `product` maps the encoded a[:, :, k] and b[:, k, :], shaped
+# [B, M, 1] and [B, 1, N], to the float32 products [B, M, N].
 
 
-def _elementwise_prepare(multiply):
+def _elementwise_kernel(multiply):
     def prepare(a, b):
         return (a,), (b,)
 
-    def chunk_sum(a_parts, b_parts):
+    def product(a_parts, b_parts):
         (a,), (b,) = a_parts, b_parts
-        products = multiply(a[:, :, :, None], b[:, None, :, :])
-        return jnp.sum(products.astype(jnp.float32), axis=2)
+        return multiply(a, b).astype(jnp.float32)
 
-    return prepare, chunk_sum
+    return prepare, product
 
 
-def _log_prepare(w, unbiased):
+def _log_kernel(w, unbiased):
     offset = mitchell.unbiased_offset(w, unbiased)
 
     def prepare(a, b):
@@ -94,15 +96,84 @@ def _log_prepare(w, unbiased):
         normal_b = fb.is_normal_bits(fb.to_bits(b))
         return (log_a, sign_a, normal_a), (log_b, sign_b, normal_b)
 
-    def chunk_sum(a_parts, b_parts):
-        log_a, sign_a, normal_a = (x[:, :, :, None] for x in a_parts)
-        log_b, sign_b, normal_b = (x[:, None, :, :] for x in b_parts)
+    def product(a_parts, b_parts):
+        log_a, sign_a, normal_a = a_parts
+        log_b, sign_b, normal_b = b_parts
         magnitude = mitchell.combine_logs(log_a, log_b, 0)
         magnitude = jnp.where(normal_a & normal_b, magnitude, jnp.int32(0))
         product_bits = lax.bitcast_convert_type(magnitude, jnp.uint32) | (sign_a ^ sign_b)
-        return jnp.sum(fb.from_bits(product_bits), axis=2)
+        return fb.from_bits(product_bits)
 
-    return prepare, chunk_sum
+    return prepare, product
+
+
+def _fast_log_kernel(w, unbiased):
+    """Mitchell products in five integer operations, for operands in a safe range.
+
+    With L the unbiased log of a normal operand (see `mitchell.encode_log`) and `offset`
+    the unbiased correction, the left operand carries t_a = L_a + offset + 126 * 2**23
+    and the right t_b = L_b, so t = t_a + t_b (uint32, wrapping) is in [0, 254 * 2**23)
+    exactly when the product is a normal number, and the product's bits are
+    t + 2**23 | sign. Products that underflow wrap to the top of the uint32 range.
+
+    Zero and subnormal operands get sentinel logs chosen from the operands' extremes so
+    that every sum involving one lands in [254, 512) * 2**23 modulo 2**32, which the
+    same range check maps to zero. `fast_path_applies` states when that is possible:
+    no infinity or NaN, no product can overflow, and the two smallest normal magnitudes
+    multiply to at least 2**-130.
+
+    The sign word of the left operand also carries 2**23, so one XOR and one addition
+    add the bias and the sign: out-of-range products select 2**32 - 2**23 instead of t,
+    which the addition of 2**23 turns into a signed zero.
+    """
+    offset = mitchell.unbiased_offset(w, unbiased)
+    span = jnp.uint32(254 << fb.FRACTION_BITS)
+
+    def prepare(a, b, extremes):
+        (low_a, _), (low_b, _) = extremes
+        log_a, sign_a = mitchell.encode_log(a, w)
+        log_b, sign_b = mitchell.encode_log(b, w)
+        shifted_a = lax.bitcast_convert_type(log_a + jnp.int32(offset + (126 << 23)), jnp.uint32)
+        shifted_b = lax.bitcast_convert_type(log_b, jnp.uint32)
+        sentinel_a = lax.bitcast_convert_type(jnp.int32(254 << 23) - low_b, jnp.uint32)
+        sentinel_b = lax.bitcast_convert_type(
+            jnp.int32(254 << 23) - (low_a + jnp.int32(offset + (126 << 23))), jnp.uint32
+        )
+        normal_a = fb.is_normal_bits(fb.to_bits(a))
+        normal_b = fb.is_normal_bits(fb.to_bits(b))
+        shifted_a = jnp.where(normal_a, shifted_a, sentinel_a)
+        shifted_b = jnp.where(normal_b, shifted_b, sentinel_b)
+        word_a = sign_a | jnp.uint32(1 << fb.FRACTION_BITS)
+        return (shifted_a, word_a), (shifted_b, sign_b)
+
+    def product(a_parts, b_parts):
+        shifted_a, word_a = a_parts
+        shifted_b, sign_b = b_parts
+        total = shifted_a + shifted_b
+        kept = jnp.where(total < span, total, jnp.uint32(0xFF800000))
+        return fb.from_bits(kept + (word_a ^ sign_b))
+
+    return prepare, product, offset
+
+
+def _normal_log_extremes(x, w):
+    """(min, max) int32 unbiased log over the normal entries of x; (0, 0) if none."""
+    log, _ = mitchell.encode_log(x, w)
+    normal = fb.is_normal_bits(fb.to_bits(x))
+    big = jnp.int32(1 << 30)
+    low = jnp.min(jnp.where(normal, log, big))
+    high = jnp.max(jnp.where(normal, log, -big))
+    any_normal = jnp.any(normal)
+    return jnp.where(any_normal, low, 0), jnp.where(any_normal, high, 0)
+
+
+def fast_path_applies(extremes_a, extremes_b, offset, finite):
+    """Whether `_fast_log_kernel` is exact for operands with these log extremes."""
+    (low_a, high_a), (low_b, high_b) = extremes_a, extremes_b
+    # Each comparison keeps both sides inside int32.
+    no_overflow = high_a + jnp.int32(offset) < jnp.int32(128 << 23) - high_b
+    no_wrap = low_a + jnp.int32(offset) > jnp.int32(-130 << 23) - low_b
+    return finite & no_overflow & no_wrap
 
 
 def _special_terms(a, b, precision):
@@ -130,92 +201,116 @@ def _special_terms(a, b, precision):
 
 
 # --------------------------------------------------------------------------------------
-# Chunked contraction
+# The contraction loop
 
 
-def _chunk_size(batch, rows, cols, contract, chunk_elements):
-    """Contraction chunk k and row block m so that batch * m * k * cols <= chunk_elements."""
-    per_k = batch * rows * cols
-    if per_k <= chunk_elements:
-        return max(1, min(contract, chunk_elements // per_k)), rows
-    row_block = max(1, chunk_elements // (batch * cols))
-    return 1, min(rows, row_block)
+def _sum_over_k(a_parts, b_parts, product):
+    """Sum products over the contraction axis for one row block.
 
+    Args:
+      a_parts: encoded left operand, each [K, B, m] (contraction axis first, so that the
+        slice of one k is contiguous).
+      b_parts: encoded right operand, each [K, B, N].
+      product: the kind's product function.
 
-def _contract_rows(a_parts, b_parts, chunk_sum, k_chunk):
-    """Sum chunk products along K for one row block: [B, m, K] x [B, K, N] -> [B, m, N]."""
-    contract = a_parts[0].shape[2]
-    full_chunks = contract // k_chunk
-    out_shape = (a_parts[0].shape[0], a_parts[0].shape[1], b_parts[0].shape[2])
+    Returns:
+      float32 [B, m, N]. Each step of the loop adds UNROLL products per output element,
+      summed left to right, to the running total; XLA fuses a step into one pass over
+      the output, which is what makes this faster than a reduction over a [B, m, k, N]
+      block.
+    """
+    contract = a_parts[0].shape[0]
+    out_shape = (a_parts[0].shape[1], a_parts[0].shape[2], b_parts[0].shape[2])
 
-    def take(parts, axis, start, size):
-        return tuple(lax.dynamic_slice_in_dim(p, start, size, axis) for p in parts)
+    def products(first, count):
+        total = None
+        for j in range(count):
+            a_k = tuple(lax.dynamic_index_in_dim(p, first + j, 0, keepdims=False)[:, :, None]
+                        for p in a_parts)
+            b_k = tuple(lax.dynamic_index_in_dim(p, first + j, 0, keepdims=False)[:, None, :]
+                        for p in b_parts)
+            term = product(a_k, b_k)
+            total = term if total is None else total + term
+        return total
 
-    def body(total, index):
-        start = index * k_chunk
-        partial = chunk_sum(take(a_parts, 2, start, k_chunk), take(b_parts, 1, start, k_chunk))
-        return total + partial, None
+    def body(total, step):
+        return total + products(step * UNROLL, UNROLL), None
 
     total = jnp.zeros(out_shape, jnp.float32)
-    if full_chunks == 1:
-        total = chunk_sum(take(a_parts, 2, 0, k_chunk), take(b_parts, 1, 0, k_chunk))
-    elif full_chunks > 1:
-        total, _ = lax.scan(body, total, jnp.arange(full_chunks))
-
-    remainder = contract - full_chunks * k_chunk
+    steps = contract // UNROLL
+    if steps:
+        total, _ = lax.scan(body, total, jnp.arange(steps))
+    remainder = contract - steps * UNROLL
     if remainder:
-        start = full_chunks * k_chunk
-        total = total + chunk_sum(
-            take(a_parts, 2, start, remainder), take(b_parts, 1, start, remainder)
-        )
+        total = total + products(steps * UNROLL, remainder)
     return total
+
+
+def _run_kernel(a_parts, b_parts, product, chunk_elements):
+    """Sum the products of encoded operands ([B, M, K] and [B, K, N] parts) to [B, M, N]."""
+    batch, rows, _ = a_parts[0].shape
+    cols = b_parts[0].shape[2]
+    a_parts = tuple(jnp.transpose(p, (2, 0, 1)) for p in a_parts)  # [K, B, M]
+    b_parts = tuple(jnp.transpose(p, (1, 0, 2)) for p in b_parts)  # [K, B, N]
+    row_block = max(1, chunk_elements // (batch * cols))
+    if row_block >= rows:
+        return _sum_over_k(a_parts, b_parts, product)
+    return _sum_over_row_blocks(a_parts, b_parts, product, row_block)
+
+
+def _contract_log(a, b, w, unbiased, chunk_elements, precision):
+    """Mitchell contraction: the fast kernel when it is exact, else the general one."""
+    prepare_fast, product_fast, offset = _fast_log_kernel(w, unbiased)
+    prepare_general, product_general = _log_kernel(w, unbiased)
+    extremes = (_normal_log_extremes(a, w), _normal_log_extremes(b, w))
+    finite = jnp.all(jnp.isfinite(a)) & jnp.all(jnp.isfinite(b))
+
+    def fast(a, b):
+        a_parts, b_parts = prepare_fast(a, b, extremes)
+        return _run_kernel(a_parts, b_parts, product_fast, chunk_elements)
+
+    def general(a, b):
+        a_parts, b_parts = prepare_general(a, b)
+        out = _run_kernel(a_parts, b_parts, product_general, chunk_elements)
+        special = _special_terms(a, b, precision)
+        return jnp.where(jnp.isfinite(special) & (special == 0), out, out + special)
+
+    return lax.cond(fast_path_applies(*extremes, offset, finite), fast, general, a, b)
 
 
 def _contract(a, b, multiplier, chunk_elements, precision):
     """[B, M, K] x [B, K, N] -> [B, M, N] with every product from `multiplier`."""
+    batch, rows, contract = a.shape
+    cols = b.shape[2]
     if multiplier.kind == "native":
         a, b = multiplier.round_operand(a), multiplier.round_operand(b)
         return jnp.matmul(a, b, precision=precision)
-
-    if multiplier.kind == "log":
-        config = multiplier.config
-        prepare, chunk_sum = _log_prepare(config["w"], config["unbiased"])
-    else:
-        prepare, chunk_sum = _elementwise_prepare(multiplier.multiply)
-
-    batch, rows, contract = a.shape
-    cols = b.shape[2]
     if contract == 0:
         return jnp.zeros((batch, rows, cols), jnp.float32)
 
-    k_chunk, row_block = _chunk_size(batch, rows, cols, contract, chunk_elements)
-    a_parts, b_parts = prepare(a, b)
-
-    if row_block >= rows:
-        out = _contract_rows(a_parts, b_parts, chunk_sum, k_chunk)
-    else:
-        out = _contract_row_blocks(a_parts, b_parts, chunk_sum, k_chunk, row_block)
-
     if multiplier.kind == "log":
-        special = _special_terms(a, b, precision)
-        out = jnp.where(jnp.isfinite(special) & (special == 0), out, out + special)
-    return out
+        config = multiplier.config
+        return _contract_log(a, b, config["w"], config["unbiased"], chunk_elements, precision)
+
+    prepare, product = _elementwise_kernel(multiplier.multiply)
+    a_parts, b_parts = prepare(a, b)
+    return _run_kernel(a_parts, b_parts, product, chunk_elements)
 
 
-def _contract_row_blocks(a_parts, b_parts, chunk_sum, k_chunk, row_block):
-    """Run `_contract_rows` over row blocks with `lax.map`, padding the last block."""
-    batch, rows, contract = a_parts[0].shape
+def _sum_over_row_blocks(a_parts, b_parts, product, row_block):
+    """Run `_sum_over_k` over blocks of rows with `lax.map`, padding the last block."""
+    contract, batch, rows = a_parts[0].shape
     blocks = -(-rows // row_block)
     padded_rows = blocks * row_block
 
     def to_blocks(part):
         # Padded rows hold zeros of the part's dtype; their outputs are dropped below.
-        part = jnp.pad(part, ((0, 0), (0, padded_rows - rows), (0, 0)))
-        part = part.reshape(batch, blocks, row_block, contract)
-        return jnp.moveaxis(part, 1, 0)
+        part = jnp.pad(part, ((0, 0), (0, 0), (0, padded_rows - rows)))
+        part = part.reshape(contract, batch, blocks, row_block)
+        return jnp.moveaxis(part, 2, 0)  # [blocks, K, B, row_block]
 
     blocked = tuple(to_blocks(p) for p in a_parts)
-    out = lax.map(lambda parts: _contract_rows(parts, b_parts, chunk_sum, k_chunk), blocked)
+    out = lax.map(lambda parts: _sum_over_k(parts, b_parts, product), blocked)  # [blocks, B, m, N]
     out = jnp.moveaxis(out, 0, 1).reshape(batch, padded_rows, -1)
     return out[:, :rows]
 
@@ -309,7 +404,8 @@ def dot_general(
         means HIGHEST, so that products are not silently rounded (TF32 on GPUs).
       preferred_element_type: accepted for signature compatibility; the output is float32.
       multiplier: a registered name, a `Multiplier`, or an elementwise function.
-      chunk_elements: maximum number of products held at once.
+      chunk_elements: maximum entries of the float32 output block computed at once; each
+        loop step holds UNROLL products per entry.
 
     Returns:
       float32 array of shape batch + lhs free + rhs free, as `lax.dot_general`.

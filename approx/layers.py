@@ -33,7 +33,7 @@ class Dense(nn.Module):
         `approx.get_multiplier`, or an elementwise function f(a, b).
       use_bias: add a learned bias.
       kernel_init, bias_init: as `flax.linen.Dense`.
-      chunk_elements: maximum products held at once by the contraction.
+      chunk_elements: maximum output entries computed at once by the contraction.
     """
 
     features: int

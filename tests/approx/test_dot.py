@@ -56,15 +56,38 @@ def test_matmul_matches_scalar_loop(multiplier):
     assert_within_summation_error(actual, expected, products)
 
 
+def grouped_loop_matmul(a, b, multiply, group):
+    """[M, K] x [K, N] summed as the emulation documents: groups of `group` products summed
+    left to right, each group added to the running total, all in float32."""
+    products = np.asarray(multiply(a[:, :, None], b[None, :, :]), np.float32)
+    out = np.zeros((a.shape[0], b.shape[1]), np.float32)
+    for start in range(0, a.shape[1], group):
+        partial = products[:, start, :]
+        for k in range(start + 1, min(start + group, a.shape[1])):
+            partial = (partial + products[:, k, :]).astype(np.float32)
+        out = (out + partial).astype(np.float32)
+    return out
+
+
+@pytest.mark.parametrize("multiplier", [m for m in MULTIPLIERS if m.kind != "native"], ids=lambda m: m.label)
+def test_matmul_is_bit_exact_in_documented_order(multiplier):
+    rng = np.random.default_rng(9)
+    a = rng.standard_normal((7, 29)).astype(np.float32)  # 29 = three full steps and a remainder
+    b = rng.standard_normal((29, 6)).astype(np.float32)
+    expected = grouped_loop_matmul(a, b, multiplier, dot.UNROLL)
+    actual = np.asarray(approx.matmul(a, b, multiplier=multiplier))
+    np.testing.assert_array_equal(actual.view(np.uint32), expected.view(np.uint32))
+
+
 @pytest.mark.parametrize("chunk_elements", [1, 7, 100, 5000, 1 << 21])
-def test_chunking_does_not_change_products(chunk_elements):
+def test_chunking_does_not_change_results(chunk_elements):
     rng = np.random.default_rng(1)
     a = rng.standard_normal((9, 23)).astype(np.float32)
     b = rng.standard_normal((23, 5)).astype(np.float32)
     multiplier = approx.get_multiplier("mitchell", w=6)
-    expected, products = loop_matmul(a, b, multiplier)
+    expected = np.asarray(approx.matmul(a, b, multiplier=multiplier, chunk_elements=1 << 21))
     actual = np.asarray(approx.matmul(a, b, multiplier=multiplier, chunk_elements=chunk_elements))
-    assert_within_summation_error(actual, expected, products)
+    np.testing.assert_array_equal(actual.view(np.uint32), expected.view(np.uint32))
 
 
 def test_one_term_contraction_is_bit_exact():
