@@ -214,3 +214,44 @@ def test_dot_general_under_jit_and_vmap():
     batched = jax.jit(jax.vmap(lambda x: approx.matmul(x, b, multiplier=multiplier)))(a)
     direct = approx.matmul(a, b, multiplier=multiplier)
     np.testing.assert_allclose(batched, direct, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["tiny operands", "overflowing operands", "zeros and subnormals", "infinity"],
+)
+def test_general_and_fast_kernels_agree_with_loop(case):
+    rng = np.random.default_rng(10)
+    a = rng.standard_normal((6, 19)).astype(np.float32)
+    b = rng.standard_normal((19, 5)).astype(np.float32)
+    if case == "tiny operands":  # 2**-100 * 2**-100 rules the fast kernel out
+        a[0, :4] *= np.float32(2.0**-100)
+        b[:4, 0] *= np.float32(2.0**-100)
+    elif case == "overflowing operands":
+        a[1, 2] = 3e38
+        b[2, 3] = 4.0
+    elif case == "zeros and subnormals":  # the fast kernel applies
+        a[a < -0.8] = 0
+        b[0, :] = 1e-40
+        b[1, :] = -0.0
+    else:
+        a[2, 5] = np.inf
+    multiplier = approx.get_multiplier("mitchell", w=5, unbiased=True)
+    with np.errstate(invalid="ignore", over="ignore"):
+        expected = grouped_loop_matmul(a, b, multiplier, dot.UNROLL)
+    actual = np.asarray(approx.matmul(a, b, multiplier=multiplier))
+    nan = np.isnan(expected)
+    np.testing.assert_array_equal(np.isnan(actual), nan)
+    np.testing.assert_array_equal(actual[~nan].view(np.uint32), expected[~nan].view(np.uint32))
+
+
+def test_fast_path_condition():
+    w, offset = 6, 0
+    ones = np.ones((3, 3), np.float32)
+    extremes = dot._normal_log_extremes(ones, w)
+    assert bool(dot.fast_path_applies(extremes, extremes, offset, True))
+    huge = dot._normal_log_extremes(ones * np.float32(2.0**70), w)
+    assert not bool(dot.fast_path_applies(huge, huge, offset, True))
+    tiny = dot._normal_log_extremes(ones * np.float32(2.0**-70), w)
+    assert not bool(dot.fast_path_applies(tiny, tiny, offset, True))
+    assert not bool(dot.fast_path_applies(extremes, extremes, offset, False))
