@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from approx import bfloat16, mitchell, truncated
 from approx import bits as fb
-from approx import mitchell
 from approx.registry import as_multiplier
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 20
@@ -204,7 +204,31 @@ def _special_terms(a, b, precision):
 # The contraction loop
 
 
-def _sum_over_k(a_parts, b_parts, product):
+
+def make_accumulator(accumulation):
+    """The addition of a running sum: float32, or float32 rounded after every addition.
+
+    "float32" is exact accumulation (ordinary float32 additions); "bf16" rounds every
+    sum to bfloat16, nearest even; "trunc<t>" (t in 1..22) cuts every sum's fraction
+    to t bits, toward zero. The approximate forms exist to show what breaks when
+    additions are approximated too.
+    """
+    if accumulation == "float32":
+        return None
+    if accumulation == "bf16":
+        return lambda x, y: bfloat16.bf16_round(x + y, mode="nearest")
+    if isinstance(accumulation, str) and accumulation.startswith("trunc"):
+        digits = accumulation[len("trunc"):]
+        if digits.isdigit() and 1 <= int(digits) <= 22:
+            bits = int(digits)
+            return lambda x, y: truncated.truncate_significand(x + y, w=bits)
+    raise ValueError(
+        f"accumulation={accumulation!r} is not valid; use 'float32', 'bf16' or 'trunc<t>' "
+        "with t in 1..22 (for example 'trunc12')."
+    )
+
+
+def _sum_over_k(a_parts, b_parts, product, add=None):
     """Sum products over the contraction axis for one row block.
 
     Args:
@@ -212,6 +236,7 @@ def _sum_over_k(a_parts, b_parts, product):
         slice of one k is contiguous).
       b_parts: encoded right operand, each [K, B, N].
       product: the kind's product function.
+      add: addition of two float32 arrays (default exact float32 addition).
 
     Returns:
       float32 [B, m, N]. Each step of the loop adds UNROLL products per output element,
@@ -221,6 +246,7 @@ def _sum_over_k(a_parts, b_parts, product):
     """
     contract = a_parts[0].shape[0]
     out_shape = (a_parts[0].shape[1], a_parts[0].shape[2], b_parts[0].shape[2])
+    add = add or jnp.add
 
     def products(first, count):
         total = None
@@ -230,11 +256,11 @@ def _sum_over_k(a_parts, b_parts, product):
             b_k = tuple(lax.dynamic_index_in_dim(p, first + j, 0, keepdims=False)[:, None, :]
                         for p in b_parts)
             term = product(a_k, b_k)
-            total = term if total is None else total + term
+            total = term if total is None else add(total, term)
         return total
 
     def body(total, step):
-        return total + products(step * UNROLL, UNROLL), None
+        return add(total, products(step * UNROLL, UNROLL)), None
 
     total = jnp.zeros(out_shape, jnp.float32)
     steps = contract // UNROLL
@@ -242,11 +268,11 @@ def _sum_over_k(a_parts, b_parts, product):
         total, _ = lax.scan(body, total, jnp.arange(steps))
     remainder = contract - steps * UNROLL
     if remainder:
-        total = total + products(steps * UNROLL, remainder)
+        total = add(total, products(steps * UNROLL, remainder))
     return total
 
 
-def _run_kernel(a_parts, b_parts, product, chunk_elements):
+def _run_kernel(a_parts, b_parts, product, chunk_elements, add=None):
     """Sum the products of encoded operands ([B, M, K] and [B, K, N] parts) to [B, M, N]."""
     batch, rows, _ = a_parts[0].shape
     cols = b_parts[0].shape[2]
@@ -254,8 +280,8 @@ def _run_kernel(a_parts, b_parts, product, chunk_elements):
     b_parts = tuple(jnp.transpose(p, (1, 0, 2)) for p in b_parts)  # [K, B, N]
     row_block = max(1, chunk_elements // (batch * cols))
     if row_block >= rows:
-        return _sum_over_k(a_parts, b_parts, product)
-    return _sum_over_row_blocks(a_parts, b_parts, product, row_block)
+        return _sum_over_k(a_parts, b_parts, product, add)
+    return _sum_over_row_blocks(a_parts, b_parts, product, row_block, add)
 
 
 def _contract_log(a, b, w, unbiased, chunk_elements, precision):
@@ -278,26 +304,27 @@ def _contract_log(a, b, w, unbiased, chunk_elements, precision):
     return lax.cond(fast_path_applies(*extremes, offset, finite), fast, general, a, b)
 
 
-def _contract(a, b, multiplier, chunk_elements, precision):
+def _contract(a, b, multiplier, chunk_elements, precision, accumulation="float32"):
     """[B, M, K] x [B, K, N] -> [B, M, N] with every product from `multiplier`."""
     batch, rows, contract = a.shape
     cols = b.shape[2]
-    if multiplier.kind == "native":
+    add = make_accumulator(accumulation)
+    if multiplier.kind == "native" and add is None:
         a, b = multiplier.round_operand(a), multiplier.round_operand(b)
         return jnp.matmul(a, b, precision=precision)
     if contract == 0:
         return jnp.zeros((batch, rows, cols), jnp.float32)
 
-    if multiplier.kind == "log":
+    if multiplier.kind == "log" and add is None:
         config = multiplier.config
         return _contract_log(a, b, config["w"], config["unbiased"], chunk_elements, precision)
 
     prepare, product = _elementwise_kernel(multiplier.multiply)
     a_parts, b_parts = prepare(a, b)
-    return _run_kernel(a_parts, b_parts, product, chunk_elements)
+    return _run_kernel(a_parts, b_parts, product, chunk_elements, add)
 
 
-def _sum_over_row_blocks(a_parts, b_parts, product, row_block):
+def _sum_over_row_blocks(a_parts, b_parts, product, row_block, add=None):
     """Run `_sum_over_k` over blocks of rows with `lax.map`, padding the last block."""
     contract, batch, rows = a_parts[0].shape
     blocks = -(-rows // row_block)
@@ -310,7 +337,7 @@ def _sum_over_row_blocks(a_parts, b_parts, product, row_block):
         return jnp.moveaxis(part, 2, 0)  # [blocks, K, B, row_block]
 
     blocked = tuple(to_blocks(p) for p in a_parts)
-    out = lax.map(lambda parts: _sum_over_k(parts, b_parts, product), blocked)  # [blocks, B, m, N]
+    out = lax.map(lambda parts: _sum_over_k(parts, b_parts, product, add), blocked)  # [blocks, B, m, N]
     out = jnp.moveaxis(out, 0, 1).reshape(batch, padded_rows, -1)
     return out[:, :rows]
 
@@ -369,13 +396,14 @@ def conv_operands(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dila
 
 
 @functools.partial(
-    jax.jit, static_argnames=("dimension_numbers", "multiplier", "chunk_elements", "precision")
+    jax.jit,
+    static_argnames=("dimension_numbers", "multiplier", "chunk_elements", "precision", "accumulation"),
 )
-def _dot_general(lhs, rhs, dimension_numbers, multiplier, chunk_elements, precision):
+def _dot_general(lhs, rhs, dimension_numbers, multiplier, chunk_elements, precision, accumulation):
     lhs = jnp.asarray(lhs, jnp.float32)
     rhs = jnp.asarray(rhs, jnp.float32)
     a, b, out_shape = _to_canonical(lhs, rhs, dimension_numbers)
-    out = _contract(a, b, multiplier, chunk_elements, precision)
+    out = _contract(a, b, multiplier, chunk_elements, precision, accumulation)
     return out.reshape(out_shape)
 
 
@@ -393,6 +421,7 @@ def dot_general(
     *,
     multiplier="exact",
     chunk_elements=DEFAULT_CHUNK_ELEMENTS,
+    accumulation="float32",
 ):
     """`lax.dot_general` with every product computed by `multiplier`, sums in float32.
 
@@ -406,6 +435,8 @@ def dot_general(
       multiplier: a registered name, a `Multiplier`, or an elementwise function.
       chunk_elements: maximum entries of the float32 output block computed at once; each
         loop step holds UNROLL products per entry.
+      accumulation: "float32" (exact, the default), "bf16" or "trunc<t>"; see
+        `make_accumulator`.
 
     Returns:
       float32 array of shape batch + lhs free + rhs free, as `lax.dot_general`.
@@ -413,6 +444,7 @@ def dot_general(
     del preferred_element_type
     if not isinstance(chunk_elements, int) or chunk_elements < 1:
         raise ValueError(f"chunk_elements={chunk_elements!r} must be a positive integer.")
+    make_accumulator(accumulation)  # rejects an invalid name before tracing
     if precision is None:
         precision = lax.Precision.HIGHEST
     return _dot_general(
@@ -422,10 +454,12 @@ def dot_general(
         as_multiplier(multiplier),
         chunk_elements,
         precision,
+        accumulation,
     )
 
 
-def matmul(a, b, *, multiplier="exact", chunk_elements=DEFAULT_CHUNK_ELEMENTS):
+def matmul(a, b, *, multiplier="exact", chunk_elements=DEFAULT_CHUNK_ELEMENTS,
+           accumulation="float32"):
     """[..., M, K] x [K, N] -> [..., M, N] with every product from `multiplier`."""
     a = jnp.asarray(a)
     return dot_general(
@@ -434,6 +468,7 @@ def matmul(a, b, *, multiplier="exact", chunk_elements=DEFAULT_CHUNK_ELEMENTS):
         (((a.ndim - 1,), (0,)), ((), ())),
         multiplier=multiplier,
         chunk_elements=chunk_elements,
+        accumulation=accumulation,
     )
 
 
@@ -452,6 +487,7 @@ def conv_general_dilated(
     *,
     multiplier="exact",
     chunk_elements=DEFAULT_CHUNK_ELEMENTS,
+    accumulation="float32",
 ):
     """`lax.conv_general_dilated` with every product computed by `multiplier`.
 
@@ -465,7 +501,7 @@ def conv_general_dilated(
       window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers: as lax.
       feature_group_count, batch_group_count: only 1 is supported.
       precision: as `dot_general`.
-      multiplier, chunk_elements: as `dot_general`.
+      multiplier, chunk_elements, accumulation: as `dot_general`.
 
     Returns:
       float32 array with the same shape and layout as `lax.conv_general_dilated` returns.
@@ -479,7 +515,7 @@ def conv_general_dilated(
     lhs = jnp.asarray(lhs, jnp.float32)
     rhs = jnp.asarray(rhs, jnp.float32)
     multiplier = as_multiplier(multiplier)
-    if multiplier.kind == "native":
+    if multiplier.kind == "native" and accumulation == "float32":
         # The native convolution at full precision multiplies the rounded operands as
         # float32 does, which is the emulated product (exact for bfloat16 operands).
         return lax.conv_general_dilated(
@@ -504,6 +540,7 @@ def conv_general_dilated(
         precision=precision,
         multiplier=multiplier,
         chunk_elements=chunk_elements,
+        accumulation=accumulation,
     )
     # dot_general appends the out-channel axis last; move it to the output's feature axis.
     return jnp.moveaxis(out, -1, feature_axis)

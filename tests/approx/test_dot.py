@@ -255,3 +255,41 @@ def test_fast_path_condition():
     tiny = dot._normal_log_extremes(ones * np.float32(2.0**-70), w)
     assert not bool(dot.fast_path_applies(tiny, tiny, offset, True))
     assert not bool(dot.fast_path_applies(extremes, extremes, offset, False))
+
+
+def rounded_loop_matmul(a, b, multiply, round_sum):
+    """Grouped float32 loop in which every sum is rounded by `round_sum`."""
+    products = np.asarray(multiply(a[:, :, None], b[None, :, :]), np.float32)
+    out = np.zeros((a.shape[0], b.shape[1]), np.float32)
+    for start in range(0, a.shape[1], dot.UNROLL):
+        partial = products[:, start, :]
+        for k in range(start + 1, min(start + dot.UNROLL, a.shape[1])):
+            partial = round_sum(partial + products[:, k, :])
+        out = round_sum(out + partial)
+    return out
+
+
+@pytest.mark.parametrize("accumulation", ["bf16", "trunc10"])
+@pytest.mark.parametrize("name", ["exact", "mitchell"])
+def test_approximate_accumulation_rounds_every_sum(accumulation, name):
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((5, 21)).astype(np.float32)
+    b = rng.standard_normal((21, 4)).astype(np.float32)
+    multiplier = approx.get_multiplier(name)
+    if accumulation == "bf16":
+        def round_sum(x):
+            return np.asarray(approx.bf16_round(x))
+    else:
+        def round_sum(x):
+            return np.asarray(approx.truncate_significand(x, w=10))
+    expected = rounded_loop_matmul(a, b, multiplier, round_sum)
+    actual = np.asarray(approx.matmul(a, b, multiplier=multiplier, accumulation=accumulation))
+    np.testing.assert_array_equal(actual.view(np.uint32), expected.view(np.uint32))
+    exact_sum = np.asarray(approx.matmul(a, b, multiplier=multiplier))
+    assert not np.array_equal(actual, exact_sum)
+
+
+@pytest.mark.parametrize("accumulation", ["fp16", "trunc0", "trunc23", "truncx", None])
+def test_invalid_accumulation_is_rejected(accumulation):
+    with pytest.raises(ValueError, match="accumulation="):
+        approx.matmul(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32), accumulation=accumulation)

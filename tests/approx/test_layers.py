@@ -84,3 +84,19 @@ def test_layer_class_plugs_into_partial():
     x = jnp.ones((1, 4, 4, 1))
     variables = conv(2, (3, 3)).init(jax.random.key(0), x)
     assert conv(2, (3, 3)).apply(variables, x).shape == (1, 4, 4, 2)
+
+
+def test_output_scales_apply_per_layer_path():
+    from models import MnistCNN
+
+    x = jax.random.normal(jax.random.key(9), (2, 28, 28, 1))
+    plain = MnistCNN(conv=layers.Conv, dense=layers.Dense, use_batch_norm=False)
+    variables = plain.init(jax.random.key(10), x)
+    scales = {"classifier": 2.0}
+    scaled = MnistCNN(conv=functools.partial(layers.Conv, output_scales=scales),
+                      dense=functools.partial(layers.Dense, output_scales=scales), use_batch_norm=False)
+    bias = variables["params"]["classifier"]["bias"]
+    expected = 2.0 * (plain.apply(variables, x) - bias) + bias
+    np.testing.assert_allclose(scaled.apply(variables, x), expected, rtol=1e-5, atol=1e-5)
+    _, state = plain.apply(variables, x, mutable=["intermediates"], capture_intermediates=True)
+    assert "classifier" in state["intermediates"]
