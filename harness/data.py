@@ -102,10 +102,27 @@ class ImageDataset:
         return len(self.labels)
 
     def take(self, count):
-        """The first `count` examples (all when count is None or larger)."""
+        """A fixed, class-balanced subset of `count` examples (all when count is None or larger).
+
+        Examples are taken round-robin over the classes, each class in stored order, so
+        the subset is the same on every run and balanced even when the split is stored
+        sorted by label (as the CIFAR-10 mirror is). The subset keeps the stored order.
+        """
         if count is None or count >= len(self):
             return self
-        return dataclasses.replace(self, images=self.images[:count], labels=self.labels[:count])
+        chosen = np.sort(balanced_order(self.labels)[:count])
+        return dataclasses.replace(self, images=self.images[chosen], labels=self.labels[chosen])
+
+
+def balanced_order(labels):
+    """Indices that visit the classes round-robin, each class in stored order."""
+    labels = np.asarray(labels)
+    per_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    rank = np.empty(labels.size, np.int64)
+    for indices in per_class:
+        rank[indices] = np.arange(indices.size)
+    # Sort by (rank within class, class), so position i holds the i-th example of each class.
+    return np.lexsort((labels, rank))
 
 
 def get_spec(name):

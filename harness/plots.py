@@ -58,3 +58,23 @@ def histogram(path, samples, *, bins, xlabel, title):
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def histogram_from_counts(path, edges, counts, *, xlabel, title):
+    """Step histograms of precomputed counts (name -> counts per bin), as densities, saved as PNG."""
+    path = Path(path)
+    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    widths = [right - left for left, right in zip(edges[:-1], edges[1:])]
+    for name, values in counts.items():
+        total = sum(values) or 1
+        density = [v / total / width for v, width in zip(values, widths)]
+        axes.stairs(density, edges, label=name)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("density")
+    axes.set_title(title)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path

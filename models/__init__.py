@@ -5,6 +5,8 @@ approximate or quantized layer plugs in without this package importing it.
 """
 
 from models.cnn import MnistCNN
-from models.resnet import ResNet, resnet20
+from models.resnet import ResNet, resnet20, resnet56
+from models.transformer import DecoderLM
+from models.vgg import VGG
 
-__all__ = ["MnistCNN", "ResNet", "resnet20"]
+__all__ = ["DecoderLM", "MnistCNN", "ResNet", "VGG", "resnet20", "resnet56"]

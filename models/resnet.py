@@ -81,3 +81,8 @@ class ResNet(nn.Module):
 def resnet20(**kwargs):
     """ResNet-20: three basic blocks per stage."""
     return ResNet(blocks_per_stage=3, **kwargs)
+
+
+def resnet56(**kwargs):
+    """ResNet-56: nine basic blocks per stage."""
+    return ResNet(blocks_per_stage=9, **kwargs)

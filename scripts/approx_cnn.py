@@ -17,7 +17,7 @@ Deviations from the paper:
 - ImageNet models (ResNet, Inception-v4) are replaced by a small CNN on MNIST and
   ResNet-20 on CIFAR-10, trained here from scratch for a few epochs at the `small`
   preset, so the FP32 baselines are lower than fully trained ones.
-- The `small` preset evaluates a fixed subset (the first examples) of each test split.
+- The `small` preset evaluates a fixed class-balanced subset of each test split.
 - Batch normalisation and bias additions stay exact float32; only the products of the
   convolution and dense layers are approximated.
 - The CIFAR-10 mirror stores JPEG re-encodings, slightly lossier than the originals.
@@ -71,7 +71,7 @@ class TaskConfig:
     augment: bool = False
     """Random crops and horizontal flips during training."""
     eval_examples: int | None = None
-    """Test examples evaluated, the first ones of the split; None for all."""
+    """Test examples evaluated, a fixed class-balanced subset; None for all."""
     eval_batch_size: int = 250
     """Batch size of evaluation."""
     error_images: int = 8
@@ -302,26 +302,39 @@ def product_errors(a, b, chosen):
     return stats
 
 
-def run_task(config, task, task_config, work, run_dir):
-    """Train, evaluate and measure one task; returns its results, or None if data is missing."""
+def load_and_train(config, task, task_config, work):
+    """Load a task's data and train (or resume) its float32 network.
+
+    Returns:
+      (variables, train_set, test_set, task_dir), or None when the data is missing.
+    """
     dataset_name, _, _ = TASKS[task]
     try:
         train_set = data_lib.load_image_dataset(dataset_name, "train", data_dir=config.data_dir)
         test_set = data_lib.load_image_dataset(dataset_name, "test", data_dir=config.data_dir)
     except data_lib.DataNotFoundError as error:
         logger.warning("%s skipped: %s", task, error)
-        return {"skipped": str(error)}
+        return str(error)
 
     identity = _train_identity(config, task, task_config)
-    task_dir = work / f"{task}-{config_lib.config_hash(identity, exclude=())}"
+    task_dir = Path(work) / f"{task}-{config_lib.config_hash(identity, exclude=())}"
     variables = train_task(config, task, task_config, train_set, task_dir)
+    return variables, train_set, test_set, task_dir
+
+
+def run_task(config, task, task_config, work, run_dir):
+    """Train, evaluate and measure one task; returns its results, or a skip note."""
+    trained = load_and_train(config, task, task_config, work)
+    if isinstance(trained, str):
+        return {"skipped": trained}
+    variables, train_set, test_set, task_dir = trained
 
     test_subset = test_set.take(task_config.eval_examples)
     chosen = multipliers(config.widths)
-    eval_dir = task_dir / f"eval-{len(test_subset)}"
+    eval_dir = task_dir / f"eval-balanced-{len(test_subset)}"
     accuracy = evaluate_multipliers(task, task_config, variables, test_subset, chosen, eval_dir)
 
-    images = test_set.images[: task_config.error_images]
+    images = test_set.take(task_config.error_images).images
     operands = capture_operands(task, variables, images, test_set.spec)
     a, b = sample_products(operands, config.error_samples, config.seed)
     errors = product_errors(a, b, chosen)
@@ -405,7 +418,7 @@ def _summary(results, config):
         w6 = accuracy.get("Mitch-w6")
         bf16 = accuracy["bf16"]
         subset = (
-            f"the first {result['test_examples']:,} of {result['test_total']:,} test images"
+            f"a class-balanced {result['test_examples']:,} of {result['test_total']:,} test images"
             if result["test_examples"] < result["test_total"]
             else f"all {result['test_total']:,} test images"
         )
@@ -492,7 +505,7 @@ def build_section(config, results, run_dir):
         "The CIFAR-10 mirror stores lossy JPEG re-encodings of the images.",
     ]
     if any("skipped" not in r and r["test_examples"] < r["test_total"] for r in results.values()):
-        deviations.append("Evaluation uses a fixed subset (the first images) of each test split.")
+        deviations.append("Evaluation uses a fixed class-balanced subset of each test split.")
 
     return report_lib.Section(
         title="Approximate multiplication in CNN inference (Kim et al., IEEE TETC 2022)",

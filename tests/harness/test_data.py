@@ -98,3 +98,20 @@ def test_eval_batches_pad_and_mask():
     assert batches[-1][2].tolist() == [True, True, False, False]
     labels = np.concatenate([labels[mask] for _, labels, mask in batches])
     np.testing.assert_array_equal(labels, np.arange(10))
+
+
+def test_take_is_class_balanced_on_a_sorted_split(data_dir):
+    test = data.load_image_dataset("cifar10", "test", data_dir=data_dir)
+    assert test.labels[0] == test.labels[999]  # the mirror stores the split sorted by label
+    subset = test.take(1000)
+    assert np.bincount(subset.labels, minlength=10).tolist() == [100] * 10
+    again = test.take(1000)
+    np.testing.assert_array_equal(subset.images, again.images)
+    assert len(test.take(None)) == len(test)
+
+
+def test_balanced_order_round_robin():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    order = data.balanced_order(labels)
+    assert labels[order].tolist() == [0, 1, 2, 0, 1, 0]
+    assert sorted(order.tolist()) == list(range(6))
