@@ -111,6 +111,8 @@ class Config:
     """Test images evaluated per configuration (a fixed class-balanced subset)."""
     multiplier_limit: int | None = None
     """Evaluate only the first N multipliers of each analysis' list; None for all."""
+    analysis_tasks: tuple[str, ...] = ("mnist", "cifar10")
+    """Tasks of the accumulation and bias analyses: mnist (CNN) and cifar10 (ResNet-20)."""
     deep_models: tuple[str, ...] = ("resnet20", "resnet56", "vgg")
     """CIFAR-10 networks of the deeper-nets analysis."""
     bias_widths: tuple[int, ...] = (6, 4, 2)
@@ -146,6 +148,7 @@ PRESETS = {
                                    eval_batch_size=16),
         eval_examples=32,
         multiplier_limit=3,
+        analysis_tasks=("mnist",),
         deep_models=("vgg",),
         bias_widths=(6,),
         accumulations=("float32", "trunc8"),
@@ -445,9 +448,17 @@ DEEP_MULTIPLIERS = (("exact", {}), ("bf16", {}), ("bf16", {"mode": "truncate"}),
                     ("truncated", {"w": 6}), ("drum", {"k": 6}))
 
 
-def deep_analysis(config, cifar, work):
-    """Top-1 and top-5 of three CIFAR-10 networks under every multiplier."""
-    variables20, train_set, test_set, task_dir20 = cifar
+def deep_analysis(config, resnet20_trained, work):
+    """Top-1 and top-5 of the CIFAR-10 networks of `config.deep_models` under every multiplier.
+
+    `resnet20_trained` is the (variables, train set, test set, folder) of the shared
+    ResNet-20, or None when ResNet-20 is not among the models.
+    """
+    if resnet20_trained is not None:
+        variables20, train_set, test_set, task_dir20 = resnet20_trained
+    else:
+        train_set = data_lib.load_image_dataset("cifar10", "train", data_dir=config.data_dir)
+        test_set = data_lib.load_image_dataset("cifar10", "test", data_dir=config.data_dir)
     test = test_set.take(config.eval_examples)
     trained = {}
     for name in config.deep_models:
@@ -746,11 +757,22 @@ def build_section(config, results, run_dir):
     )
 
 
+def validate(config):
+    """Raise ValueError for names in the config that no analysis knows."""
+    for field, valid in (("analyses", ANALYSES), ("analysis_tasks", ("mnist", "cifar10")),
+                         ("deep_models", tuple(DEEP_MODELS))):
+        unknown = sorted(set(getattr(config, field)) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown {field} {unknown}; valid: {list(valid)}.")
+    for accumulation in config.accumulations:
+        approx.dot.make_accumulator(accumulation)
+    for w in config.bias_widths:
+        approx.get_multiplier("mitchell", w=w)
+
+
 def run(config, run_dir):
     """Run the selected analyses; returns the report section and writes results.json."""
-    unknown = sorted(set(config.analyses) - set(ANALYSES))
-    if unknown:
-        raise ValueError(f"unknown analyses {unknown}; valid: {list(ANALYSES)}.")
+    validate(config)
     out_dir = Path(run_dir) / EXPERIMENT
     out_dir.mkdir(parents=True, exist_ok=True)
     shared_work = common.experiment_dir(config, approx_cnn.EXPERIMENT)
@@ -762,26 +784,38 @@ def run(config, run_dir):
     if "fan_in" in config.analyses:
         results["fan_in"] = fan_in_analysis(config, out_dir)
 
-    tasks = {}
-    needs_mnist = {"batch_norm", "accumulation", "bias"} & set(config.analyses)
-    needs_cifar = {"accumulation", "bias", "deep"} & set(config.analyses)
-    for task, needed, factory in (("mnist", needs_mnist, MnistCNN), ("cifar10", needs_cifar, resnet20)):
-        if not needed:
+    per_task = {"accumulation", "bias"} & set(config.analyses)
+    needed = set(config.analysis_tasks) if per_task else set()
+    if "batch_norm" in config.analyses:
+        needed.add("mnist")
+    if "deep" in config.analyses and "resnet20" in config.deep_models:
+        needed.add("cifar10")
+    trained = {}
+    for task, factory in (("mnist", MnistCNN), ("cifar10", resnet20)):
+        if task not in needed:
             continue
-        trained = approx_cnn.load_and_train(config, task, getattr(config, task), shared_work)
-        if isinstance(trained, str):
-            results["skipped"][f"{task} analyses"] = trained
+        outcome = approx_cnn.load_and_train(config, task, getattr(config, task), shared_work)
+        if isinstance(outcome, str):
+            results["skipped"][f"{task} analyses"] = outcome
         else:
-            tasks[task] = (factory, trained)
+            trained[task] = (factory, outcome)
+    tasks = {task: trained[task] for task in config.analysis_tasks if task in trained}
 
-    if "batch_norm" in config.analyses and "mnist" in tasks:
-        results["batch_norm"] = batch_norm_analysis(config, tasks["mnist"][1], work, out_dir)
+    if "batch_norm" in config.analyses and "mnist" in trained:
+        results["batch_norm"] = batch_norm_analysis(config, trained["mnist"][1], work, out_dir)
     if "accumulation" in config.analyses and tasks:
         results["accumulation"] = accumulation_analysis(config, tasks)
     if "bias" in config.analyses and tasks:
         results["bias"] = bias_analysis(config, tasks)
-    if "deep" in config.analyses and "cifar10" in tasks:
-        results["deep"] = deep_analysis(config, tasks["cifar10"][1], work)
+    if "deep" in config.analyses:
+        resnet20_trained = trained["cifar10"][1] if "cifar10" in trained else None
+        if "resnet20" in config.deep_models and resnet20_trained is None:
+            results["skipped"]["deeper nets"] = results["skipped"].get("cifar10 analyses", "no CIFAR-10")
+        else:
+            try:
+                results["deep"] = deep_analysis(config, resnet20_trained, work)
+            except data_lib.DataNotFoundError as error:
+                results["skipped"]["deeper nets"] = str(error)
     if "language_model" in config.analyses:
         try:
             results["language_model"] = language_model_analysis(config, work)

@@ -29,3 +29,9 @@ def data_dir():
             "mnist/train.parquet. Set JAXLAB_DATA_DIR to the mirror."
         )
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def experiment_workdir(tmp_path_factory):
+    """A work folder shared by the end-to-end script tests, so trained models are reused."""
+    return tmp_path_factory.mktemp("work")

@@ -19,9 +19,9 @@ def run_main(argv):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, data_dir):
+def smoke_run(tmp_path_factory, data_dir, experiment_workdir):
     root = tmp_path_factory.mktemp("approx_cnn")
-    argv = ["--preset", "smoke", "--data-dir", data_dir, "--workdir", str(root / "work"),
+    argv = ["--preset", "smoke", "--data-dir", data_dir, "--workdir", str(experiment_workdir),
             "--results-dir", str(root / "results")]
     report = run_main(argv)
     return argv, Path(report), root

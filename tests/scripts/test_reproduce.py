@@ -8,8 +8,8 @@ from scripts import reproduce
 from tests.conftest import REPO
 
 
-def test_reproduce_smoke_writes_report(tmp_path, data_dir, capsys):
-    reproduce.main(["--preset", "smoke", "--data-dir", data_dir, "--workdir", str(tmp_path / "work"),
+def test_reproduce_smoke_writes_report(tmp_path, data_dir, experiment_workdir, capsys):
+    reproduce.main(["--preset", "smoke", "--data-dir", data_dir, "--workdir", str(experiment_workdir),
                     "--results-dir", str(tmp_path / "results")])
     printed = capsys.readouterr().out.strip().splitlines()[-1]
     assert printed.startswith("report written to ")
@@ -19,6 +19,7 @@ def test_reproduce_smoke_writes_report(tmp_path, data_dir, capsys):
     text = report.read_text()
     assert "# jaxlab report (smoke preset)" in text
     assert "## Approximate multiplication in CNN inference" in text
+    assert "## Approximate multiplication: why it works" in text
     assert "python -m scripts.approx_cnn --preset smoke --data-dir" in text
     assert "Experiments that failed" not in text
 
