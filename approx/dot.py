@@ -262,7 +262,8 @@ def _sum_over_k(a_parts, b_parts, product, add=None):
     def body(total, step):
         return add(total, products(step * UNROLL, UNROLL)), None
 
-    total = jnp.zeros(out_shape, jnp.float32)
+    # -0 is the identity of float32 addition (+0 would turn a sum of -0 products into +0).
+    total = jnp.full(out_shape, -0.0, jnp.float32)
     steps = contract // UNROLL
     if steps:
         total, _ = lax.scan(body, total, jnp.arange(steps))
@@ -284,7 +285,7 @@ def _run_kernel(a_parts, b_parts, product, chunk_elements, add=None):
     return _sum_over_row_blocks(a_parts, b_parts, product, row_block, add)
 
 
-def _contract_log(a, b, w, unbiased, chunk_elements, precision):
+def _contract_log(a, b, w, unbiased, chunk_elements, precision, implementation="xla"):
     """Mitchell contraction: the fast kernel when it is exact, else the general one."""
     prepare_fast, product_fast, offset = _fast_log_kernel(w, unbiased)
     prepare_general, product_general = _log_kernel(w, unbiased)
@@ -293,6 +294,10 @@ def _contract_log(a, b, w, unbiased, chunk_elements, precision):
 
     def fast(a, b):
         a_parts, b_parts = prepare_fast(a, b, extremes)
+        if implementation == "pallas":
+            from approx import pallas_dot
+
+            return pallas_dot.contract_encoded(a_parts, b_parts, unroll=UNROLL)
         return _run_kernel(a_parts, b_parts, product_fast, chunk_elements)
 
     def general(a, b):
@@ -304,7 +309,8 @@ def _contract_log(a, b, w, unbiased, chunk_elements, precision):
     return lax.cond(fast_path_applies(*extremes, offset, finite), fast, general, a, b)
 
 
-def _contract(a, b, multiplier, chunk_elements, precision, accumulation="float32"):
+def _contract(a, b, multiplier, chunk_elements, precision, accumulation="float32",
+              implementation="xla"):
     """[B, M, K] x [B, K, N] -> [B, M, N] with every product from `multiplier`."""
     batch, rows, contract = a.shape
     cols = b.shape[2]
@@ -317,7 +323,8 @@ def _contract(a, b, multiplier, chunk_elements, precision, accumulation="float32
 
     if multiplier.kind == "log" and add is None:
         config = multiplier.config
-        return _contract_log(a, b, config["w"], config["unbiased"], chunk_elements, precision)
+        return _contract_log(a, b, config["w"], config["unbiased"], chunk_elements, precision,
+                             implementation)
 
     prepare, product = _elementwise_kernel(multiplier.multiply)
     a_parts, b_parts = prepare(a, b)
@@ -397,13 +404,15 @@ def conv_operands(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dila
 
 @functools.partial(
     jax.jit,
-    static_argnames=("dimension_numbers", "multiplier", "chunk_elements", "precision", "accumulation"),
+    static_argnames=("dimension_numbers", "multiplier", "chunk_elements", "precision", "accumulation",
+                     "implementation"),
 )
-def _dot_general(lhs, rhs, dimension_numbers, multiplier, chunk_elements, precision, accumulation):
+def _dot_general(lhs, rhs, dimension_numbers, multiplier, chunk_elements, precision, accumulation,
+                 implementation):
     lhs = jnp.asarray(lhs, jnp.float32)
     rhs = jnp.asarray(rhs, jnp.float32)
     a, b, out_shape = _to_canonical(lhs, rhs, dimension_numbers)
-    out = _contract(a, b, multiplier, chunk_elements, precision, accumulation)
+    out = _contract(a, b, multiplier, chunk_elements, precision, accumulation, implementation)
     return out.reshape(out_shape)
 
 
@@ -422,6 +431,7 @@ def dot_general(
     multiplier="exact",
     chunk_elements=DEFAULT_CHUNK_ELEMENTS,
     accumulation="float32",
+    implementation="xla",
 ):
     """`lax.dot_general` with every product computed by `multiplier`, sums in float32.
 
@@ -437,6 +447,9 @@ def dot_general(
         loop step holds UNROLL products per entry.
       accumulation: "float32" (exact, the default), "bf16" or "trunc<t>"; see
         `make_accumulator`.
+      implementation: "xla" (default) or "pallas", the Pallas kernel of
+        `approx.pallas_dot` for Mitchell's fast path (interpret mode on CPU); both give
+        the same bits.
 
     Returns:
       float32 array of shape batch + lhs free + rhs free, as `lax.dot_general`.
@@ -445,6 +458,8 @@ def dot_general(
     if not isinstance(chunk_elements, int) or chunk_elements < 1:
         raise ValueError(f"chunk_elements={chunk_elements!r} must be a positive integer.")
     make_accumulator(accumulation)  # rejects an invalid name before tracing
+    if implementation not in ("xla", "pallas"):
+        raise ValueError(f"implementation={implementation!r} is not valid; use 'xla' or 'pallas'.")
     if precision is None:
         precision = lax.Precision.HIGHEST
     return _dot_general(
@@ -455,11 +470,12 @@ def dot_general(
         chunk_elements,
         precision,
         accumulation,
+        implementation,
     )
 
 
 def matmul(a, b, *, multiplier="exact", chunk_elements=DEFAULT_CHUNK_ELEMENTS,
-           accumulation="float32"):
+           accumulation="float32", implementation="xla"):
     """[..., M, K] x [K, N] -> [..., M, N] with every product from `multiplier`."""
     a = jnp.asarray(a)
     return dot_general(
@@ -469,6 +485,7 @@ def matmul(a, b, *, multiplier="exact", chunk_elements=DEFAULT_CHUNK_ELEMENTS,
         multiplier=multiplier,
         chunk_elements=chunk_elements,
         accumulation=accumulation,
+        implementation=implementation,
     )
 
 

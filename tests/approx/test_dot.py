@@ -15,7 +15,7 @@ EPS32 = 2.0**-24  # unit roundoff of float32
 def loop_matmul(a, b, multiply):
     """[M, K] x [K, N] by scalar products accumulated left to right in float32."""
     products = np.asarray(multiply(a[:, :, None], b[None, :, :]), np.float32)  # [M, K, N]
-    out = np.zeros((a.shape[0], b.shape[1]), np.float32)
+    out = np.full((a.shape[0], b.shape[1]), -0.0, np.float32)
     with np.errstate(invalid="ignore"):  # inf - inf in the special-value test
         for k in range(a.shape[1]):
             out = (out + products[:, k, :]).astype(np.float32)
@@ -60,7 +60,7 @@ def grouped_loop_matmul(a, b, multiply, group):
     """[M, K] x [K, N] summed as the emulation documents: groups of `group` products summed
     left to right, each group added to the running total, all in float32."""
     products = np.asarray(multiply(a[:, :, None], b[None, :, :]), np.float32)
-    out = np.zeros((a.shape[0], b.shape[1]), np.float32)
+    out = np.full((a.shape[0], b.shape[1]), -0.0, np.float32)
     for start in range(0, a.shape[1], group):
         partial = products[:, start, :]
         for k in range(start + 1, min(start + group, a.shape[1])):
@@ -260,7 +260,7 @@ def test_fast_path_condition():
 def rounded_loop_matmul(a, b, multiply, round_sum):
     """Grouped float32 loop in which every sum is rounded by `round_sum`."""
     products = np.asarray(multiply(a[:, :, None], b[None, :, :]), np.float32)
-    out = np.zeros((a.shape[0], b.shape[1]), np.float32)
+    out = np.full((a.shape[0], b.shape[1]), -0.0, np.float32)
     for start in range(0, a.shape[1], dot.UNROLL):
         partial = products[:, start, :]
         for k in range(start + 1, min(start + dot.UNROLL, a.shape[1])):
@@ -293,3 +293,33 @@ def test_approximate_accumulation_rounds_every_sum(accumulation, name):
 def test_invalid_accumulation_is_rejected(accumulation):
     with pytest.raises(ValueError, match="accumulation="):
         approx.matmul(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32), accumulation=accumulation)
+
+
+@pytest.mark.parametrize("shape", [(5, 13, 3), (70, 130, 66), (1, 8, 1)])
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_pallas_kernel_matches_xla_bit_for_bit(shape, unbiased):
+    m, k, n = shape
+    rng = np.random.default_rng(m + k + n)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    a[a < -1.0] = 0.0
+    b[b > 1.5] = -0.0
+    multiplier = approx.get_multiplier("mitchell", w=6, unbiased=unbiased)
+    xla = np.asarray(approx.matmul(a, b, multiplier=multiplier))
+    pallas = np.asarray(approx.matmul(a, b, multiplier=multiplier, implementation="pallas"))
+    np.testing.assert_array_equal(pallas.view(np.uint32), xla.view(np.uint32))
+
+
+def test_pallas_kernel_keeps_negative_zero_sums():
+    a = -np.ones((2, 3), np.float32) * 0.0
+    b = np.ones((3, 2), np.float32)
+    multiplier = approx.get_multiplier("mitchell", w=6)
+    pallas = np.asarray(approx.matmul(a, b, multiplier=multiplier, implementation="pallas"))
+    xla = np.asarray(approx.matmul(a, b, multiplier=multiplier))
+    np.testing.assert_array_equal(pallas.view(np.uint32), xla.view(np.uint32))
+    assert np.signbit(xla).all()
+
+
+def test_unknown_implementation_is_rejected():
+    with pytest.raises(ValueError, match="implementation='cuda'"):
+        approx.matmul(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32), implementation="cuda")
