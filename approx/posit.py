@@ -386,6 +386,16 @@ def _decode(bits, fmt, dtype):
     return jnp.where(p.nar, jnp.full((), jnp.nan, dtype), value)
 
 
+def to_float32(bits, fmt):
+    """`decode` to float32 without argument checks, for code that is already traced."""
+    return _decode(bits, fmt, jnp.float32)
+
+
+def from_float32(x, fmt):
+    """`encode` of float32 without argument checks, for code that is already traced."""
+    return _encode(x.astype(jnp.float32), fmt)
+
+
 def decode(bits, fmt, dtype=jnp.float32):
     """Convert uint32 posit patterns to floats.
 
