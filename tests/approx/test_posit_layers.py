@@ -28,7 +28,7 @@ def test_quire_matmul_is_dot_of_rows_and_columns(products):
     rows = jnp.concatenate([jnp.broadcast_to(a[:, None, :], (9, 4, 30)), one], axis=-1)
     cols = jnp.concatenate([jnp.broadcast_to(b.T[None], (9, 4, 30)), jnp.broadcast_to(bias[None, :, None], (9, 4, 1))], axis=-1)
     expected = posit.dot(rows, cols, fmt, products=products)
-    for chunk_products in (1, 37, posit_layers.DEFAULT_CHUNK_PRODUCTS):
+    for chunk_products in (5, 37, posit_layers.DEFAULT_CHUNK_PRODUCTS):
         actual = posit_layers.matmul(a, b, fmt, products=products, bias=bias, chunk_products=chunk_products)
         np.testing.assert_array_equal(actual, expected)
 
