@@ -210,8 +210,8 @@ def unpack(bits, fmt):
 def pack(negative, scale, fraction, sticky, fmt):
     """Round (-1)**negative * 2**scale * (1 + fraction / 2**32 + tiny) to a posit pattern.
 
-    `sticky` says whether the exact value has 1 bits below the 32 fraction bits, so that
-    a tie can be told from a value just above it. Rounds to nearest even on the bit
+    `sticky` is true when the exact value has 1 bits below the 32 fraction bits, which
+    distinguishes a tie from a value just above it. Rounds to nearest even on the bit
     string and saturates at maxpos and minpos; never returns 0 or NaR.
 
     Args:
@@ -333,7 +333,7 @@ def encode(x, fmt):
       becomes 0.
 
     NOTE: with x64 off, JAX converts float64 inputs to float32 before this function
-    sees them, so such values are rounded twice.
+    receives them, so such values are rounded twice.
     """
     check_format(fmt)
     x = jnp.asarray(x)
@@ -402,9 +402,9 @@ def decode(bits, fmt, dtype=jnp.float32):
     Args:
       bits: uint32 array of any shape; bits above nbits are ignored.
       fmt: the `PositFormat` of the patterns.
-      dtype: jnp.float32 (nearest float32, ties to even; posits beyond float32's range
-        become +-inf or round to subnormals and zero) or jnp.float64 (exact for every
-        format; needs x64 on).
+      dtype: jnp.float32 or jnp.float64. float32 gives the nearest float32 with ties
+        to even, so posits beyond float32's range become +-inf or round to subnormals
+        and zero. float64 is exact for every format and needs x64 on.
 
     Returns:
       array of `dtype` and the shape of `bits`; NaR gives NaN.
@@ -490,7 +490,7 @@ class Product(NamedTuple):
 
 
 def exact_product(pa, pb, fmt):
-    """The exact product of two unpacked posits, significand in [1, 4) * 2**point."""
+    """Multiply two unpacked posits exactly; the significand lies in [1, 4) * 2**point."""
     width = fmt.fraction_bits
     sig_a, sig_b = significand(pa.fraction, fmt), significand(pb.fraction, fmt)
     if 2 * width + 2 <= 32:
@@ -604,9 +604,9 @@ def sub(a, b, fmt):
 # The quire is a fixed-point number wide enough for every product of two posits, from
 # minpos**2 at its lowest bit to 4 * maxpos**2 at its top, plus carry bits. It is held
 # as signed 16-bit digits in int32 lanes, value = sum(digit[j] * 2**(16 j + lsb)).
-# A block of up to 2**15 - 1 products is summed digit by digit in int32 without
-# overflow (each term is below 2**16 in magnitude), then carries are propagated so
-# that every digit but the top one is in 0..2**16 - 1 again.
+# A block of up to 2**15 - 1 products is summed digit by digit in int32. Each term is
+# below 2**16 in magnitude, so the sums cannot overflow. Then carries are propagated,
+# which brings every digit but the top one back to 0..2**16 - 1.
 
 DIGIT_BITS = 16
 _DIGIT_MASK = (1 << DIGIT_BITS) - 1
@@ -615,7 +615,7 @@ QUIRE_CARRY_BITS = 32
 
 
 class QuireLayout(NamedTuple):
-    """Where products of one format land in the quire.
+    """Placement of one format's products in the quire.
 
     Attributes:
       lsb: power of two of quire bit 0, -2 * max_scale - 2 * fraction_bits.
@@ -628,7 +628,7 @@ class QuireLayout(NamedTuple):
 
 
 def quire_layout(fmt):
-    """The `QuireLayout` of a format."""
+    """Compute the `QuireLayout` of a format."""
     lsb = -2 * fmt.max_scale - 2 * fmt.fraction_bits
     width = 2 * fmt.max_scale + 2 - lsb + QUIRE_CARRY_BITS
     return QuireLayout(lsb, -(-width // DIGIT_BITS))
@@ -670,10 +670,11 @@ def accumulate_digits(index, digits, layout, axis):
     The caller keeps at most BLOCK_TERMS products along `axis`.
     """
     slots = jnp.arange(layout.digits, dtype=jnp.int32)
+    sum_axis = axis - 1 if axis < 0 else axis  # the slot axis is appended last
     total = 0
     for i, digit in enumerate(digits):
         hit = (jnp.expand_dims(index, -1) + i) == slots
-        total = total + jnp.sum(jnp.where(hit, jnp.expand_dims(digit, -1), 0), axis=axis - 1 if axis < 0 else axis)
+        total = total + jnp.sum(jnp.where(hit, jnp.expand_dims(digit, -1), 0), axis=sum_axis)
     return total
 
 
@@ -723,7 +724,7 @@ def round_quire(quire, nar, fmt):
 
 
 def make_product(pa, pb, fmt, products):
-    """The unrounded products of unpacked operands, exact or PLAM."""
+    """Multiply unpacked operands without rounding, exactly or with PLAM."""
     if products == "exact":
         return exact_product(pa, pb, fmt)
     return plam_product(pa, pb, fmt)

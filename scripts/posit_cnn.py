@@ -176,7 +176,7 @@ def arithmetics(config):
 
 
 def build_model(task, fmt=None, products="exact", accumulate="quire"):
-    """The task's network, float32 when `fmt` is None, else computed in posit `fmt`."""
+    """Build the task's network, float32 when `fmt` is None, else computed in posit `fmt`."""
     _, _, kwargs = TASKS[task]
     if fmt is None:
         return LeNet5(**kwargs)

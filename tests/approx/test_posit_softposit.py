@@ -107,7 +107,7 @@ def test_conversions_match_softposit(binding):
     patterns = np.concatenate([rng.integers(0, 2**fmt.nbits, PAIRS), special_patterns(fmt)])
     expected = binding.to_double(patterns)
     decoded = np.asarray(posit.decode(as_bits(patterns), fmt))
-    # SoftPosit 0.3.4.4 turns NaR into inf for 8 and 16 bits; the truth table asks for NaN.
+    # SoftPosit 0.3.4.4 turns NaR into inf for 8 and 16 bits, but the truth table requires NaN.
     nar = patterns == fmt.nar
     assert np.isnan(decoded[nar]).all()
     np.testing.assert_array_equal(decoded[~nar], expected[~nar].astype(np.float32))

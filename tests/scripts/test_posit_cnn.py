@@ -45,8 +45,8 @@ def test_plam_error_statistics_follow_mitchell(smoke_run):
     _, report = smoke_run
     results = results_of(report)
     uniform = results["uniform_plam_error"]
-    # Mitchell's error with uniform fractions: mean about -3.85%, never below -1/9; one
-    # rounding to posit<16,1> moves a product by at most 2**-13.
+    # Mitchell's error with uniform fractions has a mean of about -3.85% and is never
+    # below -1/9. Rounding to posit<16,1> (11 or 12 fraction bits there) adds at most 2**-12.
     assert -0.043 < uniform["mean"] < -0.034
     assert uniform["min"] >= -1 / 9 - 2**-12
     assert uniform["max"] <= 2**-12
