@@ -199,6 +199,17 @@ def test_operation_every_pair(fmt, name):
     assert_patterns(actual, expected, a, b, f"{name} {fmt}")
 
 
+@pytest.mark.parametrize("name", ["mul", "plam_mul", "add"])
+@pytest.mark.parametrize("fmt", [PositFormat(12, 3), PositFormat(16, 1), PositFormat(16, 4)], ids=str)
+def test_operation_random_wide_pairs(fmt, name):
+    rng = np.random.default_rng(fmt.nbits + fmt.es)
+    a = rng.integers(0, 2**fmt.nbits, 30_000)
+    b = rng.integers(0, 2**fmt.nbits, 30_000)
+    expected = reference_operation(name, fmt.nbits, fmt.es, a, b)
+    actual = getattr(posit, name)(as_bits(a), as_bits(b), fmt)
+    assert_patterns(actual, expected, a, b, f"{name} {fmt}")
+
+
 @pytest.mark.parametrize("fmt", EIGHT_BIT[:3], ids=str)
 def test_neg_and_order_every_pair(fmt):
     n = fmt.nbits
