@@ -8,7 +8,6 @@ use a chosen multiplier with exact float32 accumulation, and Flax layers built o
 from approx.bfloat16 import bf16_mul, bf16_round
 from approx.dot import conv_general_dilated, dot_general, matmul
 from approx.mitchell import mitchell_mul
-from approx import posit
 from approx.registry import Multiplier, as_multiplier, get_multiplier, multiplier_names
 
 __all__ = [
@@ -22,5 +21,4 @@ __all__ = [
     "matmul",
     "mitchell_mul",
     "multiplier_names",
-    "posit",
 ]

@@ -224,7 +224,7 @@ def _contract_row_blocks(a_parts, b_parts, chunk_sum, k_chunk, row_block):
 # Convolution as a contraction of patches
 
 
-def im2col(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers):
+def _im2col(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers):
     """Patches of `lhs` (output layout, features last-contracted) and the flattened kernel.
 
     Returns:
@@ -262,7 +262,7 @@ def conv_operands(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dila
     """
     lhs = jnp.asarray(lhs, jnp.float32)
     rhs = jnp.asarray(rhs, jnp.float32)
-    patches, kernel, out_spec = im2col(
+    patches, kernel, out_spec = _im2col(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers
     )
     patches = jnp.moveaxis(patches, out_spec[1], -1)
@@ -397,7 +397,7 @@ def conv_general_dilated(
             precision=lax.Precision.HIGHEST if precision is None else precision,
         )
 
-    patches, kernel, out_spec = im2col(
+    patches, kernel, out_spec = _im2col(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers
     )
     feature_axis = out_spec[1]

@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from approx import dot as dot_lib
 from approx import posit
 from approx.posit import PositFormat
 
@@ -172,6 +171,23 @@ class Dense(nn.Module):
         return posit.decode(out, self.fmt).reshape(inputs.shape[:-1] + (self.features,))
 
 
+def unfold_patches(inputs, kernel, strides, padding, dilation, dimension_numbers):
+    """Unfold a convolution into patches [batch, *spatial', K] and a kernel [K, features].
+
+    K = in_features * prod(kernel_size), in the order [in_feature, *window] that
+    `lax.conv_general_dilated_patches` gives, so the convolution is patches @ kernel.
+    The patches only copy input values (HIGHEST precision keeps them unrounded).
+    """
+    rank = kernel.ndim - 2
+    patches = lax.conv_general_dilated_patches(
+        inputs, kernel.shape[:rank], strides, padding, rhs_dilation=dilation,
+        dimension_numbers=dimension_numbers, precision=lax.Precision.HIGHEST,
+    )
+    # [*window, in, out] -> [in, *window, out] -> [K, out]
+    flat_kernel = jnp.moveaxis(kernel, rank, 0).reshape(-1, kernel.shape[-1])
+    return patches, flat_kernel
+
+
 def _per_axis(value, rank, name):
     if isinstance(value, int):
         return (value,) * rank
@@ -236,8 +252,8 @@ class Conv(nn.Module):
         )
         # Rounding before unfolding: patches copy posit values, so they stay posits.
         rounded = posit.decode(posit.encode(inputs, self.fmt), self.fmt)
-        patches, flat_kernel, _ = dot_lib.im2col(rounded, kernel, strides, padding, None, dilation,
-                                                 dimension_numbers)
+        patches, flat_kernel = unfold_patches(rounded, kernel, strides, padding, dilation,
+                                              dimension_numbers)
         out = matmul(posit.encode(patches.reshape(-1, patches.shape[-1]), self.fmt),
                      posit.encode(flat_kernel, self.fmt), self.fmt, products=self.products,
                      accumulate=self.accumulate,

@@ -1,0 +1,1 @@
+"""Speed benchmarks; each module prints a table (see BENCHMARKS.md)."""

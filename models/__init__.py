@@ -5,7 +5,6 @@ approximate or quantized layer plugs in without this package importing it.
 """
 
 from models.cnn import MnistCNN
-from models.lenet import LeNet5
 from models.resnet import ResNet, resnet20
 
-__all__ = ["LeNet5", "MnistCNN", "ResNet", "resnet20"]
+__all__ = ["MnistCNN", "ResNet", "resnet20"]

@@ -19,7 +19,7 @@ Deviations from the paper:
   so the float32 baselines are lower than fully trained ones. The CIFAR-10 network is
   LeNet-5 with 3 input channels, smaller than the paper's CIFAR-10 model.
 - LeNet-5 uses ReLU and max pooling, not the original scaled tanh and subsampling.
-- The `small` preset evaluates a fixed subset (the first examples) of each test split,
+- The `small` preset evaluates a fixed subset of each test split (`ImageDataset.take`),
   because emulated posit inference runs hundreds of times slower than float32.
 - Images are normalised in float32 before the first layer rounds them to posits.
 - The CIFAR-10 mirror stores JPEG re-encodings, slightly lossier than the originals.
@@ -46,7 +46,7 @@ from harness import data as data_lib
 from harness import metrics as metrics_lib
 from harness import report as report_lib
 from harness import train as train_lib
-from models import LeNet5
+from models.lenet import LeNet5
 from scripts import approx_cnn
 from scripts import common
 
@@ -73,7 +73,7 @@ class TaskConfig:
     augment: bool = False
     """Random crops and horizontal flips during training."""
     eval_examples: int | None = None
-    """Test examples evaluated, the first ones of the split; None for all."""
+    """Test examples evaluated, the fixed subset `ImageDataset.take` selects; None for all."""
     eval_batch_size: int = 250
     """Batch size of evaluation."""
     error_images: int = 4
@@ -399,7 +399,7 @@ def _summary(results, config):
             lines.append(f"- **{task}** was skipped because its data was not found.")
             continue
         accuracy = result["accuracy"]
-        subset = (f"the first {result['test_examples']:,} of {result['test_total']:,} test images"
+        subset = (f"a fixed {result['test_examples']:,} of {result['test_total']:,} test images"
                   if result["test_examples"] < result["test_total"]
                   else f"all {result['test_total']:,} test images")
         text = f"- **{title}** ({subset}): FP32 top-1 {_pct(accuracy[FP32]['top1'])}"
@@ -432,7 +432,7 @@ def build_section(config, results, uniform):
     if config.accumulate != "quire":
         deviations.append(f"Sums of products use {config.accumulate} accumulation, not the quire.")
     if any("skipped" not in r and r["test_examples"] < r["test_total"] for r in results.values()):
-        deviations.append("Evaluation uses a fixed subset (the first images) of each test split.")
+        deviations.append("Evaluation uses a fixed subset of each test split.")
 
     return report_lib.Section(
         title="Posit inference with PLAM (Murillo et al., IEEE TETC 2022)",

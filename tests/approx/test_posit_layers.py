@@ -81,6 +81,10 @@ def test_conv_matches_quire_contraction_of_patches(strides, padding):
         strides if isinstance(strides, tuple) else (strides, strides), padding,
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
+    # Our patches and the exact layers' operands must list the same products.
+    _, flat_kernel = posit_layers.unfold_patches(x, params["params"]["kernel"], (1, 1), "VALID", (1, 1),
+                                                 ("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_array_equal(flat_kernel, rhs)
     expected = posit_layers.matmul(posit.encode(lhs, FMT16), posit.encode(rhs, FMT16), FMT16, products="plam",
                                    bias=posit.encode(params["params"]["bias"], FMT16))
     np.testing.assert_array_equal(posit.encode(y, FMT16).reshape(-1, 5), expected)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from approx import layers
-from models import LeNet5, MnistCNN, resnet20
+from models import MnistCNN, resnet20
 
 
 def count(params):
@@ -54,16 +54,3 @@ def test_batch_norm_statistics_update_in_training():
     before = variables["batch_stats"]["norm0"]["mean"]
     after = updates["batch_stats"]["norm0"]["mean"]
     assert not np.allclose(before, after)
-
-
-def test_lenet5_shapes_and_parameter_count():
-    mnist = LeNet5()
-    variables = mnist.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-    assert set(variables) == {"params"}
-    # Classic LeNet-5: 156 + 2,416 convolution and 48,120 + 10,164 + 850 dense parameters.
-    assert count(variables["params"]) == 61_706
-    assert mnist.apply(variables, jnp.zeros((3, 28, 28, 1))).shape == (3, 10)
-
-    cifar = LeNet5(first_padding="VALID")
-    variables = cifar.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    assert cifar.apply(variables, jnp.zeros((2, 32, 32, 3))).shape == (2, 10)
