@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 EXPERIMENTS = (
     "scripts.approx_cnn",
     "scripts.approx_analysis",
+    "scripts.posit_cnn",
 )
 
 

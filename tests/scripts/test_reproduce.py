@@ -21,6 +21,8 @@ def test_reproduce_smoke_writes_report(tmp_path, data_dir, experiment_workdir, c
     assert "## Approximate multiplication in CNN inference" in text
     assert "## Approximate multiplication: why it works" in text
     assert "python -m scripts.approx_cnn --preset smoke --data-dir" in text
+    assert "## Posit inference with PLAM" in text
+    assert "python -m scripts.posit_cnn --preset smoke --data-dir" in text
     assert "Experiments that failed" not in text
 
 
