@@ -309,7 +309,7 @@ def run_task(config, task, task_config, work):
     variables = train_task(config, task, task_config, train_set, task_dir)
 
     test_subset = test_set.take(task_config.eval_examples)
-    eval_dir = task_dir / f"eval-{len(test_subset)}-{config.accumulate}"
+    eval_dir = task_dir / f"eval-balanced-{len(test_subset)}-{config.accumulate}"
     accuracy = evaluate_arithmetics(config, task, task_config, variables, test_subset, eval_dir)
 
     operands = capture_operands(task, variables, test_set.images[: task_config.error_images], test_set.spec)
