@@ -14,11 +14,11 @@ gradient, all scales per tensor unless `channel_axis` is given, and the gradient
     | quantizer                   | forward                                  | gradient to the input      |
     |-----------------------------|------------------------------------------|----------------------------|
     | dorefa_weights(w, 1)        | mean|w| * sign(w), sign(0) = +1          | g                          |
-    | dorefa_weights(w, k >= 2)   | 2 round(L r) / L - 1 with                | gradient of tanh(w) /      |
+    | dorefa_weights(w, k >= 2)   | (2 round(L r) - L) * (1/L) with          | gradient of tanh(w) /      |
     |                             | r = tanh(w) / (2 max|tanh(w)|) + 1/2     | max|tanh(w)|               |
-    | dorefa_activations(x, k)    | round(L clip(x, 0, 1)) / L               | g where 0 <= x <= 1        |
+    | dorefa_activations(x, k)    | round(L clip(x, 0, 1)) * (1/L)           | g where 0 <= x <= 1        |
     | binarize(w)                 | mean|w| * sign(w), sign(0) = +1          | g where |w| <= 1           |
-    | uniform_symmetric(w, b)     | s round(w / s), s = max|w| / Qp          | g                          |
+    | uniform_symmetric(w, b)     | s round(w / s), s = max|w| * (1/Qp)      | g                          |
     | lsq(x, s, b)                | s round(clip(x / s, -Qn, Qp))            | g where -Qn < x/s < Qp     |
     |                             | Qn = 2**(b-1) and Qp as above if signed, |                            |
     |                             | else Qn = 0 and Qp = 2**b - 1            |                            |
@@ -51,6 +51,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 MAX_BITS = 16
 
@@ -89,6 +90,13 @@ def _as_float32(x):
     return jnp.asarray(x, jnp.float32)
 
 
+def _reciprocal(count):
+    # Scales multiply by a float32 reciprocal instead of dividing by a constant, because
+    # XLA rewrites division by a constant as this multiplication inside jit but not in
+    # eager mode, and the two can differ in the last bit.
+    return np.float32(1 / count)
+
+
 def _positive_zero(codes):
     # round(-0.3) is -0.0; integer codes have no sign of zero, so neither do these.
     return jnp.where(codes == 0, 0.0, codes)
@@ -105,13 +113,38 @@ def sign_codes(w):
     return jnp.where(w >= 0, 1.0, -1.0).astype(jnp.float32)
 
 
+def pairwise_sum(x, axes):
+    """Sum over `axes` in a fixed pairwise order, keeping the summed axes with size 1.
+
+    XLA's reduce may sum in a different order inside a fused jitted graph than alone,
+    which changes the last bit of a float32 sum. Halving the array with elementwise
+    additions fixes the order, so a scale computed here has the same bits in every
+    context, and `quant.transforms.export` reproduces fake quantization bit for bit.
+    """
+    kept = tuple(a for a in range(x.ndim) if a not in axes)
+    moved = jnp.transpose(x, kept + tuple(axes))
+    outer = moved.shape[: len(kept)]
+    flat = moved.reshape(outer + (-1,))
+    size = flat.shape[-1]
+    padded = 1 << max(size - 1, 0).bit_length()
+    flat = jnp.pad(flat, [(0, 0)] * len(kept) + [(0, padded - size)])
+    while flat.shape[-1] > 1:
+        half = flat.shape[-1] // 2
+        flat = flat[..., :half] + flat[..., half:]
+    kept_shape = [1 if a in axes else x.shape[a] for a in range(x.ndim)]
+    return flat.reshape(kept_shape)
+
+
 def mean_abs_scale(w, channel_axis=None):
     """Mean absolute value per tensor (shape []) or per channel (keeps dims, size 1 elsewhere)."""
     w = _as_float32(w)
     axis = _check_channel_axis(channel_axis, w.ndim)
+    axes = _reduce_axes(w.ndim, axis)
+    count = max(1, int(np.prod([w.shape[a] for a in axes], dtype=np.int64)))
+    total = pairwise_sum(jnp.abs(w), axes)
     if axis is None:
-        return jnp.mean(jnp.abs(w))
-    return jnp.mean(jnp.abs(w), axis=_reduce_axes(w.ndim, axis), keepdims=True)
+        total = total.reshape(())
+    return total * _reciprocal(count)
 
 
 def binary_parts(w, channel_axis=None):
@@ -139,7 +172,7 @@ def dorefa_weight_parts(w, bits):
     levels = 2**bits - 1
     r = _dorefa_normalized(w) / 2 + 0.5
     n = jnp.round(levels * r)
-    return 2 * n - levels, jnp.float32(1 / levels)
+    return 2 * n - levels, jnp.float32(_reciprocal(levels))
 
 
 def symmetric_scale(w, bits, channel_axis=None):
@@ -151,7 +184,7 @@ def symmetric_scale(w, bits, channel_axis=None):
         peak = jnp.max(jnp.abs(w))
     else:
         peak = jnp.max(jnp.abs(w), axis=_reduce_axes(w.ndim, axis), keepdims=True)
-    return peak / top
+    return peak * _reciprocal(top)
 
 
 def uniform_symmetric_parts(w, bits, channel_axis=None):
@@ -254,7 +287,7 @@ def dorefa_weights(w, bits):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _dorefa_activations(x, bits):
     levels = 2**bits - 1
-    return jnp.round(levels * jnp.clip(x, 0.0, 1.0)) / levels
+    return jnp.round(levels * jnp.clip(x, 0.0, 1.0)) * _reciprocal(levels)
 
 
 def _dorefa_activations_fwd(x, bits):
@@ -273,8 +306,8 @@ _dorefa_activations.defvjp(_dorefa_activations_fwd, _dorefa_activations_bwd)
 def dorefa_activations(x, bits):
     """Clip activations to [0, 1] and round them to `bits` bits, as DoReFa-Net does.
 
-    The output is round((2**bits - 1) * clip(x, 0, 1)) / (2**bits - 1), rounding half to
-    even. It replaces a ReLU: pass `functools.partial(dorefa_activations, bits=k)` as a
+    The output is round(L * clip(x, 0, 1)) * (1 / L) with L = 2**bits - 1, rounding half
+    to even. It replaces a ReLU: pass `functools.partial(dorefa_activations, bits=k)` as a
     model's `activation`. The gradient is g where 0 <= x <= 1 and 0 elsewhere.
 
     Args:
