@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 # Experiment modules, in report order. Each defines MODULE, PRESETS and run(config, run_dir).
 EXPERIMENTS = (
     "scripts.approx_cnn",
+    "scripts.cyclic_quant",
 )
 
 

@@ -20,6 +20,8 @@ def test_reproduce_smoke_writes_report(tmp_path, data_dir, capsys):
     assert "# jaxlab report (smoke preset)" in text
     assert "## Approximate multiplication in CNN inference" in text
     assert "python -m scripts.approx_cnn --preset smoke --data-dir" in text
+    assert "## Cyclic training with multiple quantization steps" in text
+    assert "python -m scripts.cyclic_quant --preset smoke --data-dir" in text
     assert "Experiments that failed" not in text
 
 

@@ -1,0 +1,1 @@
+"""Speed measurements that print a table; BENCHMARKS.md records the latest figures."""
