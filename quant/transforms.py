@@ -22,6 +22,10 @@ them back into float params equal bit for bit to `quantize_params(params, policy
 model applied to them gives the same logits as the fake-quantized model. That holds
 inside and outside jit because every scale is computed in a fixed order (see
 `quantizers.pairwise_sum`).
+
+NOTE: inference on exported weights dequantizes them to float32 before each layer
+(weight-only quantization); no path here accumulates integer products and applies the
+scales afterwards, which would round differently.
 """
 
 import dataclasses

@@ -121,3 +121,22 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
     assert completed.returncode == 2
     assert message in completed.stderr
     assert completed.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+def test_train_step_compiles_once_per_width(data_dir):
+    config = cyclic_quant.PRESETS["smoke"]
+    train_set = cyclic_quant.data_lib.load_image_dataset("mnist", "train", data_dir=data_dir).take(640)
+    compiled = cyclic_quant.CompiledSteps(config, train_set.spec)
+    train = cyclic_quant.make_train_function(config, 0, train_set, compiled, offset=0)
+    model = cyclic_quant.build_model(config, None)
+    variables = jax.device_get(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1))))
+    step = cyclic_quant.cyclic.Step(index=0, bits=1, epochs=0.4, first_epoch=0.0, cycle=0)
+    quantizer = cyclic_quant.cyclic.StepQuantizer(step, cyclic_quant.make_quantizer(config)(1))
+
+    first = train(variables, quantizer, 0.4)
+    second = train(variables, quantizer, 0.4)
+    # Four steps with four learning rates, twice: one compilation, and the same result.
+    assert compiled.train_step(quantizer)._cache_size() == 1
+    for a, b in zip(jax.tree_util.tree_leaves(first), jax.tree_util.tree_leaves(second)):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first["params"]["conv1"]["kernel"], variables["params"]["conv1"]["kernel"])
