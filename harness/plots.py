@@ -72,6 +72,28 @@ def histogram_from_counts(path, edges, counts, *, xlabel, title):
     axes.set_xlabel(xlabel)
     axes.set_ylabel("density")
     axes.set_title(title)
+def curves_plot(path, curves, *, xlabel, ylabel, title, reference_lines=None):
+    """Plot named curves, each with its own x values, and save a PNG.
+
+    Args:
+      path: output file.
+      curves: name -> (x values, y values) of equal length.
+      xlabel, ylabel, title: axis labels and title.
+      reference_lines: name -> constant y drawn as a dashed horizontal line.
+
+    Returns:
+      the saved path.
+    """
+    path = Path(path)
+    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for name, (xs, ys) in curves.items():
+        axes.plot(list(xs), list(ys), marker="o", markersize=3, label=name)
+    for index, (name, value) in enumerate((reference_lines or {}).items()):
+        axes.axhline(value, linestyle="--", linewidth=1, color=f"C{index + len(curves)}", label=name)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

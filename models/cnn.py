@@ -16,6 +16,8 @@ class MnistCNN(nn.Module):
       hidden: units of the hidden dense layer.
       use_batch_norm: insert BatchNorm after each convolution and the hidden layer.
       conv, dense: layer classes with the `flax.linen.Conv` / `Dense` signature.
+      activation: elementwise nonlinearity after each normalisation, e.g. a quantized
+        ReLU.
     """
 
     num_classes: int = 10
@@ -24,6 +26,7 @@ class MnistCNN(nn.Module):
     use_batch_norm: bool = True
     conv: Callable[..., nn.Module] = nn.Conv
     dense: Callable[..., nn.Module] = nn.Dense
+    activation: Callable = nn.relu
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
@@ -34,10 +37,10 @@ class MnistCNN(nn.Module):
 
         for index, width in enumerate(self.widths):
             x = self.conv(features=width, kernel_size=(3, 3), name=f"conv{index}")(x)
-            x = nn.relu(norm(x, f"norm{index}"))
+            x = self.activation(norm(x, f"norm{index}"))
             x = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
 
         x = x.reshape(x.shape[0], -1)
         x = self.dense(features=self.hidden, name="hidden")(x)
-        x = nn.relu(norm(x, "norm_hidden"))
+        x = self.activation(norm(x, "norm_hidden"))
         return self.dense(features=self.num_classes, name="classifier")(x)

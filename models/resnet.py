@@ -21,6 +21,7 @@ class BasicBlock(nn.Module):
     strides: int
     conv: Callable[..., nn.Module]
     use_batch_norm: bool = True
+    activation: Callable = nn.relu
 
     @nn.compact
     def __call__(self, x, *, train: bool):
@@ -31,7 +32,7 @@ class BasicBlock(nn.Module):
 
         residual = x
         y = self.conv(self.features, (3, 3), strides=self.strides, use_bias=False, name="conv1")(x)
-        y = nn.relu(norm(y, "norm1"))
+        y = self.activation(norm(y, "norm1"))
         y = self.conv(self.features, (3, 3), use_bias=False, name="conv2")(y)
         y = norm(y, "norm2")
 
@@ -40,13 +41,14 @@ class BasicBlock(nn.Module):
                 self.features, (1, 1), strides=self.strides, use_bias=False, name="shortcut"
             )(residual)
             residual = norm(residual, "shortcut_norm")
-        return nn.relu(y + residual)
+        return self.activation(y + residual)
 
 
 class ResNet(nn.Module):
     """CIFAR-style ResNet of depth 6 * blocks_per_stage + 2.
 
-    Input [batch, 32, 32, 3] float32, output logits [batch, num_classes].
+    Input [batch, 32, 32, 3] float32, output logits [batch, num_classes]. `activation`
+    replaces every ReLU, e.g. by a quantized one.
     """
 
     blocks_per_stage: int = 3
@@ -55,13 +57,14 @@ class ResNet(nn.Module):
     use_batch_norm: bool = True
     conv: Callable[..., nn.Module] = nn.Conv
     dense: Callable[..., nn.Module] = nn.Dense
+    activation: Callable = nn.relu
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         x = self.conv(self.widths[0], (3, 3), use_bias=False, name="stem")(x)
         if self.use_batch_norm:
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="stem_norm")(x)
-        x = nn.relu(x)
+        x = self.activation(x)
 
         for stage, width in enumerate(self.widths):
             for block in range(self.blocks_per_stage):
@@ -71,6 +74,7 @@ class ResNet(nn.Module):
                     strides,
                     conv=self.conv,
                     use_batch_norm=self.use_batch_norm,
+                    activation=self.activation,
                     name=f"stage{stage}_block{block}",
                 )(x, train=train)
 

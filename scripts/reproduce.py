@@ -29,6 +29,7 @@ EXPERIMENTS = (
     "scripts.approx_cnn",
     "scripts.approx_analysis",
     "scripts.posit_cnn",
+    "scripts.cyclic_quant",
 )
 
 

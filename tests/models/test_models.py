@@ -54,3 +54,24 @@ def test_batch_norm_statistics_update_in_training():
     before = variables["batch_stats"]["norm0"]["mean"]
     after = updates["batch_stats"]["norm0"]["mean"]
     assert not np.allclose(before, after)
+
+
+def test_activation_replaces_every_relu():
+    calls = []
+
+    def counting_relu(x):
+        calls.append(x.shape)
+        return nn.relu(x)
+
+    x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
+    variables = resnet20().init(jax.random.key(4), x)
+    logits = resnet20(activation=counting_relu).apply(variables, x)
+    # The stem, then two per basic block: 1 + 2 * 9.
+    assert len(calls) == 19
+    np.testing.assert_array_equal(logits, resnet20().apply(variables, x))
+
+    calls.clear()
+    images = jnp.zeros((1, 28, 28, 1))
+    cnn_variables = MnistCNN().init(jax.random.key(5), images)
+    MnistCNN(activation=counting_relu).apply(cnn_variables, images)
+    assert len(calls) == 3

@@ -1,0 +1,14 @@
+"""Report figures are written as PNG files."""
+
+from harness import plots
+
+
+def test_curves_plot_writes_png(tmp_path):
+    path = plots.curves_plot(
+        tmp_path / "sub" / "curves.png",
+        {"a": ([0.5, 1.0, 2.0], [10, 20, 15]), "b": ([1.0, 3.0], [5, 25])},
+        xlabel="epochs", ylabel="top-1 (%)", title="curves", reference_lines={"float32": 30},
+    )
+    assert path == tmp_path / "sub" / "curves.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_size > 1000
