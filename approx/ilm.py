@@ -37,7 +37,7 @@ from jax import lax
 
 from approx import bits as fb
 from approx import wide
-from approx.mitchell import QUIET_NAN_BITS, check_width
+from approx.mitchell import apply_special_operands, check_width
 
 MAX_ITERATIONS = 23
 
@@ -120,14 +120,7 @@ def _ilm_mul(a, b, *, iterations, w):
     magnitude = jnp.where(exponent >= 255, jnp.uint32(fb.INF_BITS), magnitude)
     magnitude = jnp.where(exponent <= 0, jnp.uint32(0), magnitude)
 
-    zero_a = fb.is_zero_or_subnormal_bits(bits_a)
-    zero_b = fb.is_zero_or_subnormal_bits(bits_b)
-    inf_a, inf_b = fb.is_inf_bits(bits_a), fb.is_inf_bits(bits_b)
-    nan = fb.is_nan_bits(bits_a) | fb.is_nan_bits(bits_b) | (inf_a & zero_b) | (zero_a & inf_b)
-    magnitude = jnp.where(zero_a | zero_b, jnp.uint32(0), magnitude)
-    magnitude = jnp.where(inf_a | inf_b, jnp.uint32(fb.INF_BITS), magnitude)
-    sign = (bits_a ^ bits_b) & jnp.uint32(fb.SIGN_MASK)
-    return fb.from_bits(jnp.where(nan, jnp.uint32(QUIET_NAN_BITS), magnitude | sign))
+    return fb.from_bits(apply_special_operands(bits_a, bits_b, magnitude))
 
 
 def ilm_mul(a, b, *, iterations=1, w=23):
