@@ -31,6 +31,8 @@ def batch_sharded(mesh):
 def shard_batch(mesh, *arrays):
     """Place host arrays on the mesh split along axis 0.
 
+    Every process must pass the same global arrays; each keeps the rows of its devices.
+
     Raises:
       ValueError: the batch size is not a multiple of the number of devices.
     """
@@ -42,7 +44,12 @@ def shard_batch(mesh, *arrays):
                 f"devices; choose a batch size that is a multiple of {devices}."
             )
     sharding = batch_sharded(mesh)
-    placed = tuple(jax.device_put(a, sharding) for a in arrays)
+    # Every process holds the same global batch (it is a pure function of seed and
+    # step); the callback hands each process only the rows of its own devices, which
+    # also works when the mesh spans several hosts.
+    placed = tuple(
+        jax.make_array_from_callback(a.shape, sharding, lambda index, a=a: a[index]) for a in map(np.asarray, arrays)
+    )
     return placed if len(placed) > 1 else placed[0]
 
 
