@@ -1,5 +1,7 @@
 """The training loop: it learns, resumes bit for bit, refuses foreign checkpoints, stops on NaN."""
 
+import json
+
 import jax
 import numpy as np
 import optax
@@ -70,6 +72,15 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
     checkpoint.Checkpointer(tmp_path, config={"learning_rate": 0.1}, every=1)
     with pytest.raises(ValueError, match=r"belongs to another run.*learning_rate"):
         checkpoint.Checkpointer(tmp_path, config={"learning_rate": 0.2}, every=1)
+
+
+def test_checkpoint_of_another_version_is_refused(tmp_path, monkeypatch):
+    checkpoint.Checkpointer(tmp_path, config={"learning_rate": 0.1}, every=1)
+    monkeypatch.setattr(checkpoint, "jaxlab_version", lambda: "999.0")
+    with pytest.raises(ValueError, match=r"differing config fields: none; stored version .* running '999.0'"):
+        checkpoint.Checkpointer(tmp_path, config={"learning_rate": 0.1}, every=1)
+    # The refused directory is left as it was, so the original run can still resume.
+    assert json.loads((tmp_path / "run.json").read_text())["config"] == {"learning_rate": 0.1}
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(mnist, tmp_path):
