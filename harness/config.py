@@ -8,13 +8,17 @@ from preset name to a config instance:
     paper: the published scale, for a GPU or TPU.
 
 `parse_cli` picks the preset named by `--preset`, then lets every other field be
-overridden on the command line (`--learning-rate 0.05`). tyro prints `--help`, and it
-rejects unknown options and bad values with exit status 2.
+overridden on the command line (`--learning-rate 0.05`). tyro prints `--help`; an
+unknown option or a value that does not parse raises `CommandLineError` with a one-line
+message, which the scripts print before exiting with status 2.
 """
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
+import re
 from typing import Mapping, Sequence, TypeVar
 
 import tyro
@@ -54,15 +58,47 @@ def parse_cli(
 
     Raises:
       ValueError: the preset does not exist.
-      SystemExit: tyro rejected an option or value (status 2) or printed help (status 0).
+      CommandLineError: an unknown option or a value that does not parse.
+      SystemExit: help was printed (status 0).
     """
     import sys
 
     args = list(sys.argv[1:] if args is None else args)
     without_help = [a for a in args if a not in ("-h", "--help")]
-    choice, _ = tyro.cli(_PresetChoice, args=without_help, return_unknown_args=True, add_help=False)
+    choice, _ = _quiet_cli(_PresetChoice, prog, args=without_help, return_unknown_args=True, add_help=False)
     base = select_preset(presets, choice.preset)
-    return tyro.cli(type(base), default=base, args=args, prog=prog, description=description)
+    if len(without_help) < len(args):
+        return tyro.cli(type(base), default=base, args=args, prog=prog, description=description)
+    return _quiet_cli(type(base), prog, default=base, args=args, prog=prog, description=description)
+
+
+class CommandLineError(ValueError):
+    """An option or value on the command line that the config does not accept."""
+
+
+def _quiet_cli(cls, program, **kwargs):
+    """tyro.cli, with its boxed error message turned into a one-line CommandLineError."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
+            return tyro.cli(cls, **kwargs)
+    except SystemExit as exit_:
+        if not exit_.code:
+            raise
+        raise CommandLineError(_one_line(captured.getvalue(), program)) from None
+
+
+def _one_line(text, program):
+    """The message line of tyro's error panel, plus where to find the options.
+
+    The panel is a title, a separator, the message and a pointer to --help, drawn with
+    box characters on a terminal and with plain dashes elsewhere.
+    """
+    frame = "\u2500\u2502\u256d\u256e\u256f\u2570-"
+    rows = [line.strip().strip(frame).strip() for line in text.splitlines()]
+    rows = [row for row in rows if row.strip(frame + " ") and not row.startswith("For full helptext")]
+    message = rows[1] if len(rows) > 1 else (rows[0] if rows else "invalid command-line arguments")
+    return f"{message.rstrip('.')}; run `{program or 'the script'} --help` for the options."
 
 
 def to_dict(config) -> dict:

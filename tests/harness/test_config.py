@@ -42,11 +42,21 @@ def test_unknown_preset_is_a_value_error():
         config.parse_cli(PRESETS, args=["--preset", "huge"])
 
 
-@pytest.mark.parametrize("args", [["--learning-rate", "fast"], ["--no-such-option", "1"]])
-def test_bad_values_and_unknown_options_exit_2(args, capsys):
-    with pytest.raises(SystemExit) as caught:
-        config.parse_cli(PRESETS, args=args)
-    assert caught.value.code == 2
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--learning-rate", "fast"], "Error parsing --learning-rate"),
+        (["--no-such-option", "1"], "Unrecognized options: --no-such-option"),
+    ],
+)
+def test_bad_values_and_unknown_options_raise_one_line(args, message, capsys):
+    with pytest.raises(config.CommandLineError) as caught:
+        config.parse_cli(PRESETS, args=args, prog="train")
+    assert message in str(caught.value)
+    assert "run `train --help` for the options" in str(caught.value)
+    assert "\n" not in str(caught.value)
+    # tyro's own panel is swallowed, so the caller prints the only message.
+    assert capsys.readouterr().err == ""
 
 
 def test_config_is_frozen():

@@ -9,6 +9,7 @@ import pytest
 
 from scripts import approx_analysis
 from tests.conftest import REPO
+from tests.scripts import interrupt
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +74,15 @@ def test_bad_analysis_options_exit_2(args, message, tmp_path):
     )
     assert completed.returncode == 2
     assert message in completed.stderr
+
+
+def test_sigkill_then_restart_matches(analysis_run, data_dir, tmp_path):
+    _, results = analysis_run
+    # The batch-norm analysis trains networks with and without batch norm, so a kill can
+    # land in training, in evaluation or between them.
+    argv = ["--preset", "smoke", "--data-dir", data_dir, "--workdir", str(tmp_path / "work"),
+            "--results-dir", str(tmp_path / "results"), "--analyses", "batch_norm"]
+    files = interrupt.kill_point("scripts.approx_analysis", 3, 30)
+    restarted, _ = interrupt.kill_then_restart("scripts.approx_analysis", argv, tmp_path / "work", files=files)
+    again = interrupt.results(restarted, "approx_analysis")
+    assert again["batch_norm"] == results["batch_norm"]

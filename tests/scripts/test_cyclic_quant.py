@@ -13,6 +13,7 @@ import pytest
 from models import MnistCNN
 from scripts import cyclic_quant
 from tests.conftest import REPO
+from tests.scripts import interrupt
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +141,16 @@ def test_train_step_compiles_once_per_width(data_dir):
     for a, b in zip(jax.tree_util.tree_leaves(first), jax.tree_util.tree_leaves(second)):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(first["params"]["conv1"]["kernel"], variables["params"]["conv1"]["kernel"])
+
+
+def test_sigkill_then_restart_matches(smoke_run, tmp_path):
+    argv, report = smoke_run
+    argv = list(argv)
+    argv[argv.index("--workdir") + 1] = str(tmp_path / "work")
+    argv[argv.index("--results-dir") + 1] = str(tmp_path / "results")
+    # One seed keeps the test short; it must equal seed 0 of the uninterrupted run.
+    argv += ["--seeds", "1"]
+    files = interrupt.kill_point("scripts.cyclic_quant", 3, 40)
+    restarted, _ = interrupt.kill_then_restart("scripts.cyclic_quant", argv, tmp_path / "work", files=files)
+    assert set(results_of(restarted)["seeds"]) == {"0"}
+    assert results_of(restarted)["seeds"]["0"] == results_of(report)["seeds"]["0"]

@@ -9,6 +9,7 @@ import pytest
 
 from scripts import posit_cnn
 from tests.conftest import REPO
+from tests.scripts import interrupt
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +80,16 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
     assert completed.returncode == 2
     assert message in completed.stderr
     assert completed.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+def test_sigkill_then_restart_matches(smoke_run, tmp_path):
+    argv, report = smoke_run
+    argv = list(argv)
+    argv[argv.index("--workdir") + 1] = str(tmp_path / "work")
+    argv[argv.index("--results-dir") + 1] = str(tmp_path / "results")
+    # MNIST alone keeps the test short; its results must equal the uninterrupted run's.
+    argv.append("--cifar10.no-enabled")
+    files = interrupt.kill_point("scripts.posit_cnn", 3, 30)
+    restarted, _ = interrupt.kill_then_restart("scripts.posit_cnn", argv, tmp_path / "work", files=files)
+    assert set(results_of(restarted)["tasks"]) == {"mnist"}
+    assert results_of(restarted)["tasks"]["mnist"] == results_of(report)["tasks"]["mnist"]

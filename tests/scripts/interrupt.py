@@ -1,0 +1,55 @@
+"""Kill a script with SIGKILL part-way through, restart it with the same command, compare.
+
+The kill point is the moment the work folder first holds `files` files: each script
+test draws that number from a generator seeded by the script's name, so the point
+differs between scripts but a failure reproduces.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+from tests.conftest import REPO
+
+
+def kill_point(module, low, high):
+    """A file count in [low, high], fixed for `module`."""
+    return random.Random(zlib.crc32(module.encode())).randint(low, high)
+
+
+def _count_files(folder):
+    return sum(1 for path in Path(folder).rglob("*") if path.is_file()) if Path(folder).exists() else 0
+
+
+def kill_then_restart(module, argv, workdir, *, files, timeout=600):
+    """Run `python -m module argv`, SIGKILL it once `workdir` holds `files` files, rerun it.
+
+    Returns:
+      (path of the restarted run's report, its stderr).
+    """
+    command = [sys.executable, "-m", module, *argv]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=dict(os.environ))
+    deadline = time.time() + timeout
+    while _count_files(workdir) < files:
+        assert process.poll() is None, f"{module} ended before its work folder held {files} files"
+        assert time.time() < deadline, f"{module} wrote fewer than {files} files in {timeout} s"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = Path(completed.stdout.strip().splitlines()[-1].split(" ", 3)[-1])
+    return report, completed.stderr
+
+
+def results(report, experiment):
+    """The results.json an experiment wrote beside `report`."""
+    return json.loads((Path(report).parent / experiment / "results.json").read_text())
