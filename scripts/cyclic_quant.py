@@ -128,7 +128,7 @@ class Config:
     bn_batches: int = 8
     """Training batches that re-estimate batch-norm statistics after every fine-tuning step; 0 keeps the running averages."""
     eval_examples: int | None = None
-    """Test examples evaluated, the first ones of the split; None for all."""
+    """Test examples evaluated, a fixed class-balanced subset of the split; None for all."""
     eval_batch_size: int = 250
     """Batch size of evaluation."""
     checkpoint_every: int = 500
@@ -615,7 +615,7 @@ def build_section(config, results, summary, run_dir, sources):
         deviations.append(f"An epoch is {config.epoch_steps} optimiser steps of batch {config.batch_size}, "
                           "not a full pass over the training set.")
     if config.eval_examples is not None:
-        deviations.append(f"Evaluation uses the first {config.eval_examples:,} test images.")
+        deviations.append(f"Evaluation uses a fixed class-balanced subset of {config.eval_examples:,} test images.")
     if config.other_target_cycles is not None:
         deviations.append(f"Targets after the first run direct training and CTMQ with "
                           f"{', '.join(map(str, config.other_target_cycles))} cycle(s) only.")

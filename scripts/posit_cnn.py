@@ -432,7 +432,7 @@ def build_section(config, results, uniform):
     if config.accumulate != "quire":
         deviations.append(f"Sums of products use {config.accumulate} accumulation, not the quire.")
     if any("skipped" not in r and r["test_examples"] < r["test_total"] for r in results.values()):
-        deviations.append("Evaluation uses a fixed subset of each test split.")
+        deviations.append("Evaluation uses a fixed class-balanced subset of each test split.")
 
     return report_lib.Section(
         title="Posit inference with PLAM (Murillo et al., IEEE TETC 2022)",
