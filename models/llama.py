@@ -21,7 +21,7 @@ their pad tokens get position -1 and their real tokens 0, 1, 2, ...
 """
 
 import dataclasses
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -210,14 +210,21 @@ class RMSNorm(nn.Module):
         return rms_norm(x, scale, self.eps)
 
 
-def _dense(features, name):
+def default_dense(features, *, name=None):
+    """The projection layer of a pretrained Llama: no bias, kernel [in, out]."""
     return nn.Dense(features, use_bias=False, kernel_init=nn.initializers.normal(0.02), name=name)
+
+
+def default_dot_general(lhs, rhs, dimension_numbers):
+    """`lax.dot_general` at full float32 precision, the default product of the tied head."""
+    return lax.dot_general(lhs, rhs, dimension_numbers, precision=lax.Precision.HIGHEST)
 
 
 class Attention(nn.Module):
     """Grouped-query self-attention with RoPE and an optional cache of one layer."""
 
     config: LlamaConfig
+    dense: Callable[..., nn.Module] = default_dense
 
     @nn.compact
     def __call__(self, x, positions, layer_cache=None):
@@ -236,7 +243,7 @@ class Attention(nn.Module):
         head_dim = config.head_dim
 
         def project(name, heads):
-            return _dense(heads * head_dim, name)(x).reshape(batch, length, heads, head_dim)
+            return self.dense(heads * head_dim, name=name)(x).reshape(batch, length, heads, head_dim)
 
         angles = rotary_angles(positions, head_dim, config.rope_theta)
         query = apply_rotary(project("q_proj", config.num_heads), angles)
@@ -254,7 +261,7 @@ class Attention(nn.Module):
 
         mask = attention_mask(positions, key_positions)
         mixed = grouped_query_attention(query, key.astype(query.dtype), value.astype(query.dtype), mask)
-        output = _dense(config.hidden_size, "o_proj")(mixed.reshape(batch, length, -1))
+        output = self.dense(config.hidden_size, name="o_proj")(mixed.reshape(batch, length, -1))
         return output, updated
 
 
@@ -262,27 +269,29 @@ class MLP(nn.Module):
     """SwiGLU: down_proj(silu(gate_proj(x)) * up_proj(x))."""
 
     config: LlamaConfig
+    dense: Callable[..., nn.Module] = default_dense
 
     @nn.compact
     def __call__(self, x):
-        gate = _dense(self.config.intermediate_size, "gate_proj")(x)
-        up = _dense(self.config.intermediate_size, "up_proj")(x)
-        return _dense(self.config.hidden_size, "down_proj")(nn.silu(gate) * up)
+        gate = self.dense(self.config.intermediate_size, name="gate_proj")(x)
+        up = self.dense(self.config.intermediate_size, name="up_proj")(x)
+        return self.dense(self.config.hidden_size, name="down_proj")(nn.silu(gate) * up)
 
 
 class Block(nn.Module):
     """Pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(x))."""
 
     config: LlamaConfig
+    dense: Callable[..., nn.Module] = default_dense
 
     @nn.compact
     def __call__(self, x, positions, layer_cache=None):
         eps = self.config.rms_norm_eps
-        attended, updated = Attention(self.config, name="attn")(
+        attended, updated = Attention(self.config, self.dense, name="attn")(
             RMSNorm(eps, name="input_norm")(x), positions, layer_cache
         )
         x = x + attended
-        x = x + MLP(self.config, name="mlp")(RMSNorm(eps, name="post_attention_norm")(x))
+        x = x + MLP(self.config, self.dense, name="mlp")(RMSNorm(eps, name="post_attention_norm")(x))
         return x, updated
 
 
@@ -292,19 +301,29 @@ class Llama(nn.Module):
     Parameters: `embed` (embedding [vocab, hidden]), `layers_<i>` (blocks), `final_norm`,
     and `lm_head` only when the embeddings are untied. Every projection kernel is
     [in, out] without bias.
+
+    `dense(features, name=...)` builds every projection (and the untied head) and
+    `dot_general` computes the tied head, so an approximate multiplier can replace the
+    products that hold nearly all of the model's multiplications, as in
+    `Llama(config, dense=partial(approx.layers.Dense, multiplier="mitchell", use_bias=False))`.
+    NOTE: the two attention products (query-key scores and weights-values) stay exact
+    float32; in SmolLM2-135M over causal windows of up to 256 tokens they are under 4%
+    of the products.
     """
 
     config: LlamaConfig
+    dense: Callable[..., nn.Module] = default_dense
+    dot_general: Callable = default_dot_general
 
     def setup(self):
         config = self.config.validate()
         self.embed = nn.Embed(
             config.vocab_size, config.hidden_size, embedding_init=nn.initializers.normal(0.02)
         )
-        self.layers = [Block(config) for _ in range(config.num_layers)]
+        self.layers = [Block(config, self.dense) for _ in range(config.num_layers)]
         self.final_norm = RMSNorm(config.rms_norm_eps)
         if not config.tie_embeddings:
-            self.lm_head = _dense(config.vocab_size, None)
+            self.lm_head = self.dense(config.vocab_size)
 
     def __call__(self, tokens, *, positions=None, cache=None):
         """Run the decoder over tokens int32 [batch, length].
@@ -353,7 +372,8 @@ class Llama(nn.Module):
         """Final RMSNorm and LM head: hidden [..., hidden_size] -> float32 logits [..., vocab_size]."""
         normed = self.final_norm(hidden)
         if self.config.tie_embeddings:
-            logits = self.embed.attend(normed)
+            # normed [..., hidden] x embedding [vocab, hidden] -> [..., vocab]
+            logits = self.dot_general(normed, self.embed.embedding, (((normed.ndim - 1,), (1,)), ((), ())))
         else:
             logits = self.lm_head(normed)
         return logits.astype(jnp.float32)

