@@ -6,7 +6,10 @@ approximate or quantized layer plugs in without this package importing it.
 
 from models.cnn import MnistCNN
 from models.resnet import ResNet, resnet20, resnet56
+from models.simple import MLP, LinearClassifier
 from models.transformer import DecoderLM
 from models.vgg import VGG
 
-__all__ = ["DecoderLM", "MnistCNN", "ResNet", "VGG", "resnet20", "resnet56"]
+__all__ = [
+    "DecoderLM", "LinearClassifier", "MLP", "MnistCNN", "ResNet", "VGG", "resnet20", "resnet56",
+]
