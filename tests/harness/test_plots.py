@@ -12,3 +12,12 @@ def test_curves_plot_writes_png(tmp_path):
     assert path == tmp_path / "sub" / "curves.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 1000
+
+
+def test_bar_plot_writes_png(tmp_path):
+    path = plots.bar_plot(
+        tmp_path / "bars.png", ["linear->mlp", "mlp->cnn"], {"naive": [0.2, None], "confidence": [0.5, 0.7]},
+        ylabel="PGR", title="bars", reference_lines={"published": 0.8},
+    )
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_size > 1000
