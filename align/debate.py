@@ -273,7 +273,11 @@ def play_games(model, variables, images, honest_labels, liar_labels, settings, k
         "honest": jnp.asarray(honest_labels, jnp.int32),
         "liar": jnp.asarray(liar_labels, jnp.int32),
     }
-    mask, wins = _game_player(model, settings)(params, key)
+    # NOTE: mctx 0.0.71 passes one key to both branches of a lax.cond, which vmap turns
+    # into a select, so JAX's key-reuse checker reports reuse although only one branch's
+    # result is kept. The check is turned off for the search alone.
+    with jax.debug_key_reuse(False):
+        mask, wins = _game_player(model, settings)(params, key)
     return np.asarray(mask), np.asarray(wins)
 
 
