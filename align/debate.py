@@ -2,7 +2,7 @@
 
 Glossary:
 
-- judge: a classifier (an MLP or a small CNN, `build_judge`) that sees only k revealed pixels of a 28 x 28 image, as two input
+- judge: a classifier (an MLP or a small CNN, `build_judge`) that receives only k revealed pixels of a 28 x 28 image, as two input
   channels (the mask of revealed pixels, and the image times that mask), trained with k
   pixels drawn at random among the image's nonzero pixels.
 - game: two debaters precommit to labels, the honest one to the true label and the liar
@@ -47,7 +47,7 @@ def check_pixels(pixels):
 
 
 def sparse_input(images, mask):
-    """The judge's view of images with some pixels revealed.
+    """Build the judge's view of images with some pixels revealed.
 
     Args:
       images: float32 [B, 28, 28, 1] in [0, 1].
@@ -62,7 +62,7 @@ def sparse_input(images, mask):
 
 
 def random_mask(key, images, pixels):
-    """bool [B, 784]: `pixels` distinct nonzero pixels per image, drawn uniformly.
+    """Draw `pixels` distinct nonzero pixels per image uniformly; returns bool [B, 784].
 
     An image with fewer nonzero pixels than `pixels` gets all of them plus random zero
     pixels.
@@ -95,7 +95,7 @@ JUDGES = ("mlp", "cnn")
 
 
 def build_judge(kind="mlp"):
-    """The judge network on the two-channel sparse view.
+    """Build the judge network, which reads the two-channel sparse view.
 
     "mlp": two hidden layers of 512 and 256 units. "cnn": a small CNN with batch norm
     (16 and 32 channels, 64 hidden units). On a CPU the MLP trains and searches several
@@ -120,7 +120,7 @@ def train_judge(images, labels, *, pixels, options, model, checkpoint_dir=None):
 
 
 def random_pixel_accuracy(model, variables, images, labels, *, pixels, key, batch_size=500):
-    """The judge's accuracy on uint8 images with `pixels` random nonzero pixels revealed each."""
+    """Measure the judge's accuracy on uint8 images with `pixels` random nonzero pixels revealed each."""
     check_pixels(pixels)
 
     @jax.jit
@@ -174,7 +174,7 @@ def _margin(model, params, mask):
 
 
 def _margin_and_slope(model, params, mask):
-    """The margin [G] and its gradient [G, 784] with respect to a relaxed, real-valued mask.
+    """Compute the margin [G] and its gradient [G, 784] with respect to a relaxed, real-valued mask.
 
     The gradient estimates, to first order, how much revealing each pixel would move the
     margin toward the honest label.
@@ -192,7 +192,7 @@ def _legal(params, mask):
 
 
 def _honest_moves(moves, honest_first):
-    """Whether the debater to move after `moves` reveals is the honest one."""
+    """Return whether the debater to move after `moves` reveals is the honest one."""
     return (moves % 2 == 0) == honest_first
 
 
@@ -218,8 +218,8 @@ def _game_player(model, settings):
         mover_sign = jnp.where(_honest_moves(embedding["moves"], settings.honest_first), 1.0, -1.0)
         margin, slope = _margin_and_slope(model, params, mask)
         terminal = moves >= pixels
-        # The end is scored +1/-1 for the mover; before it, the judge's current margin
-        # values the position for the next mover, who is the mover's opponent.
+        # The judge scores the end +1 or -1 for the mover. Before the end, the judge's
+        # current margin values the position for the next mover, the mover's opponent.
         reward = jnp.where(terminal, mover_sign * jnp.sign(margin), 0.0)
         value = jnp.where(terminal, 0.0, -mover_sign * jnp.tanh(margin / 2))
         output = mctx.RecurrentFnOutput(
@@ -282,10 +282,10 @@ def play_games(model, variables, images, honest_labels, liar_labels, settings, k
 
 
 def debate_accuracy(model, variables, images, labels, settings, key, *, images_per_batch=16):
-    """The share of images whose honest debater beats all nine lies, and the per-game results.
+    """Debate every image against all nine lies and measure how often the honest side wins them all.
 
-    Games of `images_per_batch` images (nine games each) search together; the last
-    batch is padded with repeats of its first image so that one compiled shape serves.
+    The games of `images_per_batch` images (nine games each) search together. The last
+    batch is padded with repeats of its first image, so that one compiled shape serves.
 
     Returns:
       (accuracy, honest wins bool [N, 9] with column j the j-th wrong label in order).

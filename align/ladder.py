@@ -26,7 +26,7 @@ def check_names(names):
 
 
 def build(name, num_classes=10):
-    """The Flax module of model `name`."""
+    """Build the Flax module of model `name`."""
     if name not in MODELS:
         raise ValueError(f"unknown model name {name!r}; valid names are {list(MODELS)}.")
     _, factory = MODELS[name]
@@ -34,5 +34,5 @@ def build(name, num_classes=10):
 
 
 def describe(name):
-    """The report description of model `name`."""
+    """Return the report description of model `name`."""
     return MODELS[name][0]

@@ -7,7 +7,7 @@ With Weak Supervision", arXiv:2312.09390, 2023):
 - naive loss: cross-entropy against the weak labels, `SoftCrossEntropy`.
 - hardened predictions: the student's own predictions turned into one-hot labels by a
   threshold. The paper sets the threshold per batch so that the hardened labels have the
-  weak labels' class balance; for two classes that is a quantile of p(class 0).
+  weak labels' class balance. For two classes that threshold is a quantile of p(class 0).
   `harden_to_class_balance` extends this to many classes with one quota per class.
 - auxiliary confidence loss: (1 - alpha) * CE(student, weak) + alpha * CE(student,
   hardened), with alpha raised linearly from 0 to `alpha_max` over the first
@@ -59,7 +59,7 @@ def harden_to_class_balance(probs, class_fractions):
     """Turn predictions into one-hot labels whose class counts follow `class_fractions`.
 
     Each class c takes quota_c examples (`class_quotas`), and the pairs (example, class)
-    are matched in order of decreasing probability: the most confident pair is matched
+    are matched in order of decreasing probability. The most confident pair is matched
     first, then the next pair whose example is unmatched and whose class has room, and so
     on. For two classes this is the paper's threshold on p(class 0) at the quantile that
     matches the weak labels' balance. The matching is computed by deferred acceptance
@@ -105,10 +105,10 @@ def harden_to_class_balance(probs, class_fractions):
 
 
 def confidence_weight(step, total_steps, *, alpha_max, warmup_fraction):
-    """The weight alpha of the hardened predictions at `step` of `total_steps`.
+    """Compute the weight alpha of the hardened predictions at `step` of `total_steps`.
 
     alpha rises linearly from 0 at step 0 to `alpha_max` at step
-    warmup_fraction * total_steps and stays there; with no warm-up it is `alpha_max`
+    warmup_fraction * total_steps and stays there. With no warm-up it is `alpha_max`
     from the start.
     """
     warmup_steps = warmup_fraction * total_steps

@@ -1,15 +1,16 @@
 """Training image classifiers on soft targets, with checkpoints and cached predictions.
 
 Students in these experiments train on a teacher's class probabilities, not on integer
-labels, and the confidence loss depends on the step, so this loop takes the targets as
-float [N, C] rows and the loss as an object called with the step. Ground truth enters as
-one-hot rows.
+labels. The confidence loss also depends on the step. So this loop takes the targets as
+float [N, C] rows and the loss as an object called with the step, and ground truth enters
+as one-hot rows.
 
 Speed on a CPU: the training pool sits on the device, and the jitted step gathers its
-batch by indices computed on the host. (A `lax.scan` over the steps of a chunk made a
-small CNN's steps about 5 times slower on XLA's CPU backend, JAX 0.10.2.) The batch
-indices at step t depend only on (seed, t), the step's key is `fold_in(key, t)`, and a
-checkpoint is written every `checkpoint_every` steps, so an interrupted run resumes and ends with the same parameters. The jitted step is cached by
+batch by indices computed on the host. A `lax.scan` over the steps of a chunk made a
+small CNN's steps about 5 times slower on XLA's CPU backend (JAX 0.10.2), so the loop
+stays in Python. The batch indices at step t depend only on (seed, t) and the step's key
+is `fold_in(key, t)`. A checkpoint is written every `checkpoint_every` steps, so an
+interrupted run resumes and ends with the same parameters. The jitted step is cached by
 (model, loss, input preparation, optimiser settings, shapes), so students of the same
 architecture and loss compile once.
 """
@@ -60,7 +61,7 @@ class Standardize:
 
 
 def standardize_for(spec, *, augment=False):
-    """The `Standardize` preparation of an `ImageDatasetSpec`."""
+    """Return the `Standardize` preparation of an `ImageDatasetSpec`."""
     return Standardize(tuple(spec.mean), tuple(spec.std), augment)
 
 
@@ -125,7 +126,7 @@ def _train_step(model, loss, prepare, options_without_seed):
 
 
 def batch_indices(num_examples, batch_size, *, seed, start, stop):
-    """int32 [stop - start, batch_size]: the batches of steps start..stop-1 (epochs of shuffled full batches)."""
+    """Compute the batch indices of steps start..stop-1 (epochs of shuffled full batches); int32 [steps, batch_size]."""
     steps_per_epoch = num_examples // batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size={batch_size} exceeds the {num_examples} training examples.")
@@ -214,7 +215,7 @@ def _predict_step(model, prepare):
 
 
 def predict_probs(model, variables, images, *, prepare, batch_size=500):
-    """Class probabilities float32 [N, C] of `model` on uint8 images [N, H, W, C]."""
+    """Predict class probabilities float32 [N, C] of `model` on uint8 images [N, H, W, C]."""
     step = _predict_step(model, prepare)
     images = np.asarray(images)
     parts = []
@@ -230,12 +231,12 @@ def predict_probs(model, variables, images, *, prepare, batch_size=500):
 
 
 def accuracy(probs, labels):
-    """Top-1 accuracy of probabilities [N, C] against int labels [N]."""
+    """Compute the top-1 accuracy of probabilities [N, C] against int labels [N]."""
     return float(np.mean(np.argmax(probs, axis=1) == np.asarray(labels)))
 
 
 def one_hot(labels, num_classes):
-    """float32 [N, num_classes] one-hot rows of int labels [N]."""
+    """Encode int labels [N] as float32 one-hot rows [N, num_classes]."""
     return np.eye(num_classes, dtype=np.float32)[np.asarray(labels)]
 
 
@@ -287,7 +288,7 @@ class Run:
 
 
 def train_and_predict(run, build, *, cache_dir=None, desc=None):
-    """Train `run.model_name` as `run` says and return {name: probabilities [N, C]}.
+    """Train `run.model_name` as `run` specifies and return {name: probabilities [N, C]}.
 
     With `cache_dir`, the probabilities are stored under a hash of `run.identity()` and a
     later call with an identical run reads them instead of training; checkpoints written

@@ -20,7 +20,7 @@ from align import ladder, losses, training
 
 
 def performance_gap_recovered(weak_acc, weak_to_strong_acc, strong_acc):
-    """The fraction of the weak-to-ceiling accuracy gap that the weakly supervised model closes.
+    """Compute the fraction of the weak-to-ceiling accuracy gap that the weakly supervised model closes.
 
     Accepts scalars or arrays of equal shape (any accuracy unit, the same for all three)
     and works elementwise. A negative value means the student did worse than its
@@ -55,8 +55,8 @@ def performance_gap_recovered(weak_acc, weak_to_strong_acc, strong_acc):
 class Split:
     """The training pool in two halves, and the test set.
 
-    Half A trains the weak supervisors with ground truth; they label half B, on which the
-    students train; the ceilings train on half B with ground truth. Images are uint8
+    Half A trains the weak supervisors with ground truth, and they label half B for the
+    students. The ceilings train on half B with ground truth. Images are uint8
     [N, H, W, C] and labels int32 [N].
     """
 
@@ -93,7 +93,7 @@ LOSS_NAMES = ("naive", "confidence")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Trainer:
-    """How every run of one ladder trains.
+    """Training settings shared by every run of one ladder.
 
     Attributes:
       options: model name -> `TrainOptions`.
@@ -110,7 +110,7 @@ class Trainer:
     build: Callable = ladder.build
 
     def loss(self, name):
-        """The loss object called `name` ("naive" or "confidence")."""
+        """Return the loss object called `name` ("naive" or "confidence")."""
         if name not in LOSS_NAMES:
             raise ValueError(f"unknown loss {name!r}; valid losses are {LOSS_NAMES}.")
         return losses.SoftCrossEntropy() if name == "naive" else self.confidence
@@ -145,7 +145,7 @@ def train_student(trainer, split, name, teacher_b_probs, loss_name, desc):
 
 
 def run_chain(trainer, split, names, first_teacher_b_probs, loss_name):
-    """Each model of `names` trains on its predecessor's labels of half B.
+    """Train each model of `names` on its predecessor's labels of half B.
 
     `names[0]` is the first student and learns from `first_teacher_b_probs`. A student's
     labels for its successor are its predictions on half B, the data it trained on, so

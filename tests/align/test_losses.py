@@ -45,8 +45,8 @@ def test_hardening_three_classes_by_hand(use_jit):
         [0.50, 0.10, 0.40],
         [0.45, 0.35, 0.20],
     ])
-    # Quotas (1, 2, 1). Pairs in decreasing order: (0, c0) taken; (1, c0), (2, c0), (3, c0)
-    # find class 0 full; (2, c2) taken; (3, c1) taken; (1, c1) taken.
+    # Quotas (1, 2, 1). In decreasing order, pair (0, c0) is taken. Pairs (1, c0), (2, c0)
+    # and (3, c0) find class 0 full. Then (2, c2), (3, c1) and (1, c1) are taken.
     harden = jax.jit(losses.harden_to_class_balance) if use_jit else losses.harden_to_class_balance
     hardened = harden(probs, jnp.asarray([0.25, 0.5, 0.25]))
     assert hardened.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 1, 0]]
