@@ -74,6 +74,8 @@ def test_rerun_reuses_work_and_reproduces(smoke_run):
         (["--mnist.models", "linear", "transformer"], "unknown model names ['transformer']"),
         (["--debate.pixels", "0"], "pixels=0 is outside the valid range 1 to 784"),
         (["--cifar10.bootstrap-via", "linear"], "cifar10.bootstrap_via='linear' must be a middle rung"),
+        (["--no-such-option", "1"], "Unrecognized options: --no-such-option, 1"),
+        (["--seed", "abc"], "Error parsing --seed: invalid literal for int()"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
@@ -82,5 +84,7 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 2, completed.stderr[-2000:]
-    assert message in completed.stderr
-    assert completed.stderr.strip().splitlines()[-1].startswith("error:")
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1, completed.stderr
+    assert lines[0].startswith("error: ")
+    assert message in lines[0]
