@@ -162,7 +162,8 @@ PRESETS = {
                              batch_size=32),
         debate=DebateConfig(pixels=(4, 6), judge_steps=600, judge_examples=8192, random_examples=1000,
                             debate_examples=16, simulations=4),
-        checkpoint_every=20,
+        # One checkpoint at the end of each ladder run and six per judge keep the saves cheap.
+        checkpoint_every=100,
     ),
     # Sized from timings of single runs on a shared 2-core x86_64 VM (JAX 0.10.2 on CPU)
     # to stay within 45 minutes. The module docstring lists what it trims.

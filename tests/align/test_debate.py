@@ -71,7 +71,6 @@ def test_unknown_judge_is_rejected():
 @pytest.mark.parametrize(
     "pixels, honest_first, honest_wins",
     [
-        (1, True, True),  # the honest debater reveals band 2
         (1, False, False),  # the liar reveals band 7 and the judge receives nothing else
         (2, False, True),  # the liar's 0.5 in band 7 loses to the honest 1.0 in band 2
         (3, True, True),

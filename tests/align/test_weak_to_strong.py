@@ -46,15 +46,13 @@ def mnist_split(data_dir):
 
 
 @pytest.fixture(scope="module")
-def trainer(mnist_split, tmp_path_factory):
+def trainer(mnist_split, experiment_workdir):
     _, spec = mnist_split
-    options = {
-        "linear": training.TrainOptions(steps=200, batch_size=32, checkpoint_every=100),
-        "mlp": training.TrainOptions(steps=200, batch_size=32, checkpoint_every=100),
-        "cnn": training.TrainOptions(steps=60, batch_size=32, checkpoint_every=30),
-    }
-    return w2s.Trainer(options=options, prepare=training.standardize_for(spec),
-                       cache_dir=tmp_path_factory.mktemp("w2s"))
+    # The MNIST settings and cache folder of the smoke preset of scripts.align, so that the
+    # end-to-end test of that script reads these runs from the cache instead of training them again.
+    options = training.TrainOptions(steps=60, batch_size=32, checkpoint_every=100)
+    return w2s.Trainer(options={name: options for name in ("linear", "mlp", "cnn")},
+                       prepare=training.standardize_for(spec), cache_dir=experiment_workdir / "align" / "mnist")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +74,9 @@ def test_split_halves_are_disjoint_and_balanced(mnist_split):
 
 def test_ladder_weak_models_and_ceilings_learn(ladder_result):
     assert set(ladder_result["weak"]) == {"linear", "mlp"}
-    assert ladder_result["weak"]["linear"] > 0.7
+    # Chance is 0.1. After 60 steps of batch 32 the linear model is still far from converged.
+    assert ladder_result["weak"]["linear"] > 0.6
+    assert ladder_result["weak"]["mlp"] > 0.7
     assert ladder_result["ceiling"]["cnn"] > 0.8
     assert ladder_result["ceiling"]["cnn"] > ladder_result["weak"]["linear"]
 
