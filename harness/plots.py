@@ -137,9 +137,10 @@ def bar_plot(path, categories, series, *, ylabel, title, reference_lines=None):
     axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.grid(True, axis="y", alpha=0.3)
-    axes.legend(fontsize="small")
+    # The legend sits right of the axes, so it never covers a bar.
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
+    figure.savefig(path, bbox_inches="tight")
     plt.close(figure)
     return path
