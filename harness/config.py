@@ -8,9 +8,9 @@ from preset name to a config instance:
     paper: the published scale, for a GPU or TPU.
 
 `parse_cli` picks the preset named by `--preset`, then lets every other field be
-overridden on the command line (`--learning-rate 0.05`). tyro prints `--help`; an
-unknown option or a value that does not parse raises `CommandLineError` with a one-line
-message, which the scripts print before exiting with status 2.
+overridden on the command line (`--learning-rate 0.05`). tyro prints `--help`. Its
+framed error for an unknown option or a bad value becomes a one-line `ValueError`, so
+that scripts report every input error the same way.
 """
 
 import contextlib
@@ -18,7 +18,7 @@ import dataclasses
 import hashlib
 import io
 import json
-import re
+import sys
 from typing import Mapping, Sequence, TypeVar
 
 import tyro
@@ -57,48 +57,49 @@ def parse_cli(
       prog, description: shown by --help.
 
     Raises:
-      ValueError: the preset does not exist.
-      CommandLineError: an unknown option or a value that does not parse.
-      SystemExit: help was printed (status 0).
+      ValueError: the preset does not exist, an option is unknown or a value is invalid.
+      SystemExit: status 0 after printing --help.
     """
-    import sys
-
     args = list(sys.argv[1:] if args is None else args)
     without_help = [a for a in args if a not in ("-h", "--help")]
-    choice, _ = _quiet_cli(_PresetChoice, prog, args=without_help, return_unknown_args=True, add_help=False)
+    choice, _ = tyro.cli(_PresetChoice, args=without_help, return_unknown_args=True, add_help=False)
     base = select_preset(presets, choice.preset)
-    if len(without_help) < len(args):
-        return tyro.cli(type(base), default=base, args=args, prog=prog, description=description)
-    return _quiet_cli(type(base), prog, default=base, args=args, prog=prog, description=description)
+    return _cli_one_line_errors(type(base), default=base, args=args, prog=prog, description=description)
 
 
-class CommandLineError(ValueError):
-    """An option or value on the command line that the config does not accept."""
-
-
-def _quiet_cli(cls, program, **kwargs):
-    """tyro.cli, with its boxed error message turned into a one-line CommandLineError."""
+def _cli_one_line_errors(config_type, *, prog, **kwargs):
+    """Call `tyro.cli`, and raise its framed parse error as a one-line ValueError."""
     captured = io.StringIO()
     try:
-        with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
-            return tyro.cli(cls, **kwargs)
+        with contextlib.redirect_stderr(captured):
+            parsed = tyro.cli(config_type, prog=prog, **kwargs)
     except SystemExit as exit_:
-        if not exit_.code:
+        if exit_.code in (0, None):
+            sys.stderr.write(captured.getvalue())
             raise
-        raise CommandLineError(_one_line(captured.getvalue(), program)) from None
+        detail = _framed_error_text(captured.getvalue())
+        raise ValueError(f"{detail}; run {prog or 'the program'} --help for the valid options.") from None
+    sys.stderr.write(captured.getvalue())
+    return parsed
 
 
-def _one_line(text, program):
-    """The message line of tyro's error panel, plus where to find the options.
+def _framed_error_text(text):
+    """Return the error sentence of tyro's framed message.
 
-    The panel is a title, a separator, the message and a pointer to --help, drawn with
-    box characters on a terminal and with plain dashes elsewhere.
+    The frame is drawn with box characters or, on some consoles, with dashes. Either way
+    it contains a title, the error sentence (wrapped over one or more lines), a rule, help
+    for the argument, a rule and a pointer to --help. The sentence is the first run of
+    text lines after the title.
     """
-    frame = "\u2500\u2502\u256d\u256e\u256f\u2570-"
-    rows = [line.strip().strip(frame).strip() for line in text.splitlines()]
-    rows = [row for row in rows if row.strip(frame + " ") and not row.startswith("For full helptext")]
-    message = rows[1] if len(rows) > 1 else (rows[0] if rows else "invalid command-line arguments")
-    return f"{message.rstrip('.')}; run `{program or 'the script'} --help` for the options."
+    frame = " -\u2500\u2502\u256d\u256e\u2570\u256f"
+    lines = [line.strip(frame) for line in text.splitlines() if line.strip()]
+    sentence = []
+    for line in lines[1:]:
+        if line:
+            sentence.append(line)
+        elif sentence:
+            break
+    return " ".join(sentence) or "invalid command-line arguments"
 
 
 def to_dict(config) -> dict:

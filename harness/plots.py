@@ -108,3 +108,39 @@ def curves_plot(path, curves, *, xlabel, ylabel, title, reference_lines=None):
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def bar_plot(path, categories, series, *, ylabel, title, reference_lines=None):
+    """Grouped bars: one group per category, one bar per named series, saved as PNG.
+
+    Args:
+      path: output file.
+      categories: group labels along x.
+      series: name -> one value per category (None leaves a gap).
+      ylabel, title: axis label and title.
+      reference_lines: name -> constant y drawn as a dashed horizontal line.
+
+    Returns:
+      the saved path.
+    """
+    path = Path(path)
+    figure, axes = plt.subplots(figsize=(max(6.4, 0.9 * len(categories) + 2), 4.2), dpi=120)
+    width = 0.8 / max(len(series), 1)
+    for index, (name, values) in enumerate(series.items()):
+        xs = [i + (index - (len(series) - 1) / 2) * width for i in range(len(categories))]
+        ys = [float("nan") if v is None else v for v in values]
+        axes.bar(xs, ys, width=width, label=name)
+    for index, (name, value) in enumerate((reference_lines or {}).items()):
+        axes.axhline(value, linestyle="--", linewidth=1, color=f"C{index + len(series)}", label=name)
+    axes.set_xticks(range(len(categories)))
+    axes.set_xticklabels(categories, rotation=30, ha="right", fontsize="small")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(True, axis="y", alpha=0.3)
+    # The legend sits right of the axes, so it never covers a bar.
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, bbox_inches="tight")
+    plt.close(figure)
+    return path

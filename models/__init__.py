@@ -9,7 +9,11 @@ adapters transform its params pytree instead.
 from models.cnn import MnistCNN
 from models.llama import Llama, LlamaConfig
 from models.resnet import ResNet, resnet20, resnet56
+from models.simple import MLP, LinearClassifier
 from models.transformer import DecoderLM
 from models.vgg import VGG
 
-__all__ = ["DecoderLM", "Llama", "LlamaConfig", "MnistCNN", "ResNet", "VGG", "resnet20", "resnet56"]
+__all__ = [
+    "DecoderLM", "Llama", "LlamaConfig", "LinearClassifier", "MLP", "MnistCNN", "ResNet", "VGG",
+    "resnet20", "resnet56",
+]

@@ -45,18 +45,56 @@ def test_unknown_preset_is_a_value_error():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--learning-rate", "fast"], "Error parsing --learning-rate"),
-        (["--no-such-option", "1"], "Unrecognized options: --no-such-option"),
+        (["--learning-rate", "fast"], "Error parsing --learning-rate: "),
+        (["--no-such-option", "1"], "Unrecognized options: --no-such-option, 1"),
     ],
 )
-def test_bad_values_and_unknown_options_raise_one_line(args, message, capsys):
-    with pytest.raises(config.CommandLineError) as caught:
-        config.parse_cli(PRESETS, args=args, prog="train")
-    assert message in str(caught.value)
-    assert "run `train --help` for the options" in str(caught.value)
-    assert "\n" not in str(caught.value)
-    # tyro's own panel is swallowed, so the caller prints the only message.
-    assert capsys.readouterr().err == ""
+def test_bad_values_and_unknown_options_raise_one_line(args, message):
+    with pytest.raises(ValueError) as caught:
+        config.parse_cli(PRESETS, args=args, prog="python -m example")
+    text = str(caught.value)
+    assert text.startswith(message)
+    assert text.endswith("; run python -m example --help for the valid options.")
+    assert "\n" not in text
+
+
+BOXED = (
+    "\u256d\u2500 Value error \u2500\u2500\u2500\u2500\u256e\n"
+    "\u2502 Error parsing --seed: invalid literal for int() with base 10: 'abc'  \u2502\n"
+    "\u2502 \u2500\u2500\u2500\u2500 \u2502\n"
+    "\u2502 Argument helptext:  \u2502\n"
+    "\u2502     --seed INT      \u2502\n"
+    "\u2502 \u2500\u2500\u2500\u2500 \u2502\n"
+    "\u2502 For full helptext, see p --help \u2502\n"
+    "\u2570\u2500\u2500\u2500\u2500\u256f\n"
+)
+DASHED = (
+    " Unrecognized options               \n"
+    " ---------------------------------- \n"
+    "  Unrecognized options: --bogus,    \n"
+    "  1                                 \n"
+    "  ----------------------------------\n"
+    "  For full helptext, run p --help   \n"
+    "                                    \n"
+)
+
+
+@pytest.mark.parametrize(
+    "framed, expected",
+    [
+        (BOXED, "Error parsing --seed: invalid literal for int() with base 10: 'abc'"),
+        (DASHED, "Unrecognized options: --bogus, 1"),
+    ],
+)
+def test_framed_error_text_in_both_frame_styles(framed, expected):
+    assert config._framed_error_text(framed) == expected
+
+
+def test_help_still_exits_0(capsys):
+    with pytest.raises(SystemExit) as caught:
+        config.parse_cli(PRESETS, args=["--help"], prog="python -m example")
+    assert caught.value.code == 0
+    assert "--learning-rate" in capsys.readouterr().out
 
 
 def test_config_is_frozen():

@@ -75,3 +75,15 @@ def test_activation_replaces_every_relu():
     cnn_variables = MnistCNN().init(jax.random.key(5), images)
     MnistCNN(activation=counting_relu).apply(cnn_variables, images)
     assert len(calls) == 3
+
+
+def test_linear_and_mlp_shapes_and_parameter_counts():
+    from models import MLP, LinearClassifier
+
+    x = jnp.zeros((3, 28, 28, 1))
+    linear = LinearClassifier().init(jax.random.key(0), x)
+    assert count(linear["params"]) == 784 * 10 + 10
+    assert LinearClassifier().apply(linear, x).shape == (3, 10)
+    mlp = MLP(hidden=(32, 16)).init(jax.random.key(0), x)
+    assert count(mlp["params"]) == (784 * 32 + 32) + (32 * 16 + 16) + (16 * 10 + 10)
+    assert MLP(hidden=(32, 16)).apply(mlp, x).shape == (3, 10)
