@@ -5,7 +5,7 @@ import importlib
 import pytest
 
 SCRIPTS = ("scripts.approx_cnn", "scripts.approx_analysis", "scripts.posit_cnn", "scripts.cyclic_quant",
-           "scripts.reproduce")
+           "scripts.align", "scripts.reproduce")
 
 # Options that disable MNIST, whose registry copy a machine may hold, so that only the
 # missing CIFAR-10 can satisfy the run.
@@ -14,9 +14,11 @@ CIFAR_ONLY = {
     "scripts.approx_analysis": ["--analyses", "deep"],
     "scripts.posit_cnn": ["--mnist.no-enabled"],
     "scripts.cyclic_quant": ["--dataset", "cifar10"],
+    "scripts.align": [],
     "scripts.reproduce": ["--only", "scripts.approx_cnn"],
 }
-MISSING = {"scripts.reproduce": "does not contain mnist/train.parquet"}
+MISSING = {"scripts.reproduce": "does not contain mnist/train.parquet",
+           "scripts.align": "does not contain mnist/"}
 
 
 def run_main(module, argv, capsys):
@@ -57,4 +59,5 @@ def test_missing_data_exits_2_with_one_line(module, capsys, tmp_path, monkeypatc
         assert MISSING[module] in report
         return
     assert code == 2
-    assert stderr[-1].startswith("error: ") and "does not contain cifar10/" in stderr[-1], stderr
+    expected = MISSING.get(module, "does not contain cifar10/")
+    assert stderr[-1].startswith("error: ") and expected in stderr[-1], stderr
