@@ -185,3 +185,29 @@ def test_bad_config_raises(field, value, message):
         config.validate()
     with pytest.raises(ValueError, match=message):
         init(config)
+
+
+def test_projections_and_tied_head_take_an_approximate_multiplier():
+    import functools
+
+    import approx
+    from approx import layers as approx_layers
+
+    config = llama.tiny_config(64)
+    tokens = jnp.arange(12, dtype=jnp.int32).reshape(2, 6) % 64
+    params = llama.Llama(config).init(jax.random.key(0), tokens)["params"]
+
+    def logits(multiplier):
+        model = llama.Llama(
+            config,
+            dense=functools.partial(approx_layers.Dense, multiplier=multiplier, use_bias=False),
+            dot_general=functools.partial(approx.dot_general, multiplier=multiplier),
+        )
+        return model.apply({"params": params}, tokens)[0]
+
+    reference = llama.Llama(config).apply({"params": params}, tokens)[0]
+    # The same parameter names load into the approximate layers; exact products agree
+    # with the default layers up to the order of the float32 additions.
+    np.testing.assert_allclose(logits("exact"), reference, rtol=1e-5, atol=1e-5)
+    mitchell = logits(approx.get_multiplier("mitchell", w=2))
+    assert float(jnp.max(jnp.abs(mitchell - reference))) > 1e-3
