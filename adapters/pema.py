@@ -308,6 +308,12 @@ def mixture(lm_log_probs, pema_log_probs, lam):
     return jnp.logaddexp(jnp.log(lam) + pema_log_probs, jnp.log1p(-lam) + lm_log_probs)
 
 
+@jax.jit
+def _mixed_log_probs(params, head, hidden, lm_log_probs, lam, scaling):
+    pema_log_probs = prediction_log_probs(params, head, hidden, scaling=scaling)
+    return mixture(lm_log_probs, pema_log_probs, lam)
+
+
 def make_mix(params, head, *, scaling, lambda_max, lengths=None):
     """Build the `mix` hook of `models.generate.greedy_generate` for PEMA.
 
@@ -321,17 +327,18 @@ def make_mix(params, head, *, scaling, lambda_max, lengths=None):
 
     Returns:
       mix(step, hidden [batch, d], lm_log_probs [batch, vocab], state) -> (log_probs, state).
+      The arrays go into one jitted function as arguments, so the hook compiles once
+      per batch shape and not once per step.
     """
-    a, b = jnp.asarray(params["A"]), jnp.asarray(params["B_pd"])
+    module = {"A": jnp.asarray(params["A"]), "B_pd": jnp.asarray(params["B_pd"])}
     lengths = None if lengths is None else jnp.asarray(lengths, jnp.float32)
 
     def mix(step, hidden, lm_log_probs, state):
-        pema = prediction_log_probs({"A": a, "B_pd": b}, head, hidden, scaling=scaling)
         if lengths is None:
             lam = jnp.full((hidden.shape[0],), lambda_max, jnp.float32)
         else:
             lam = gradual_unrolling(step, lengths, lambda_max=lambda_max)
-        return mixture(lm_log_probs, pema, lam), state
+        return _mixed_log_probs(module, head, hidden, lm_log_probs, lam, jnp.float32(scaling)), state
 
     return mix
 

@@ -69,7 +69,7 @@ def test_adapters_learn_on_real_data(smoke_run):
         assert best < 0.8 * first, stage
     losses = task["lora_losses"]
     assert len(losses) == pema.PRESETS["smoke"].lora_steps
-    assert losses[-1] < losses[0]
+    assert np.mean(losses[-3:]) < 0.8 * losses[0]
 
 
 def test_rerun_resumes_with_same_results(smoke_run):
