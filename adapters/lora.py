@@ -5,8 +5,8 @@ Glossary:
   rank r       inner dimension of the update; r >= 1.
   A, B         the adapter factors, A [in, r] random, B [r, out] zero at init, so the
                adapted model equals the frozen one until B is trained.
-  alpha        update scale numerator; the update is (alpha / r) * A B, so changing r
-               leaves the initial update size comparable (Hu et al., 2021).
+  alpha        update scale numerator. The update is (alpha / r) * A B, so the initial
+               update size stays comparable across ranks (Hu et al., 2021).
   lora_params  nested dict mirroring `params` with {"A", "B"} in place of {"kernel"}
                at every targeted layer, and nothing elsewhere.
 
@@ -76,7 +76,7 @@ def init(key, params, *, rank, targets=DEFAULT_TARGETS, dtype=jnp.float32):
 
 
 def delta(factors, *, alpha, rank):
-    """The kernel update (alpha / rank) * A B, [in, out], for one layer's {"A", "B"}."""
+    """Compute the kernel update (alpha / rank) * A B, [in, out], of one layer's {"A", "B"}."""
     return (alpha / rank) * (factors["A"] @ factors["B"])
 
 

