@@ -276,6 +276,37 @@ def train(memory, validation_memory, head, config, *, seed=0):
     return params, {"stage1": first, "stage2": second}
 
 
+@jax.jit
+def _evaluation_sums(params, head, h, gold, scaling):
+    gold = gold[:, None].astype(jnp.int32)
+    module = prediction_log_probs(params, head, h, scaling=scaling)
+    frozen = jax.nn.log_softmax(head_logits(head, h), axis=-1)
+    rebuilt = low_rank(params["A"], params["B_rct"], h, scaling)
+    return {
+        "pema_cross_entropy": -jnp.sum(jnp.take_along_axis(module, gold, axis=-1)),
+        "lm_cross_entropy": -jnp.sum(jnp.take_along_axis(frozen, gold, axis=-1)),
+        "pema_accuracy": jnp.sum(jnp.argmax(module, axis=-1) == gold[:, 0]),
+        "lm_accuracy": jnp.sum(jnp.argmax(frozen, axis=-1) == gold[:, 0]),
+        "reconstruction": jnp.sum(jnp.mean((rebuilt - h) ** 2, axis=-1)),
+    }
+
+
+def evaluate(params, head, memory, *, scaling, batch_size=256):
+    """Compare PEMA's next-token prediction with the frozen head's on a memory.
+
+    Returns:
+      dict of means over the entries: pema_cross_entropy and lm_cross_entropy (nats),
+      pema_accuracy and lm_accuracy (top-1), and reconstruction (the stage-1 loss).
+    """
+    totals = {}
+    for start in range(0, memory.tokens.shape[0], batch_size):
+        sums = _evaluation_sums(params, head, jnp.asarray(memory.hidden[start : start + batch_size]),
+                                jnp.asarray(memory.tokens[start : start + batch_size]), jnp.float32(scaling))
+        for name, value in jax.device_get(sums).items():
+            totals[name] = totals.get(name, 0.0) + float(value)
+    return {name: value / memory.tokens.shape[0] for name, value in totals.items()}
+
+
 # --------------------------------------------------------------------------------------
 # Inference
 

@@ -173,3 +173,14 @@ def test_empty_memory_raises(examples, tmp_path):
 def test_load_memory_of_missing_folder_raises(tmp_path):
     with pytest.raises(ValueError, match="no memory found"):
         pema.load_memory(tmp_path)
+
+
+def test_evaluate_by_hand():
+    memory = pema.Memory(np.array([[1.0, 3.0]], np.float32), np.array([0], np.int32))
+    result = pema.evaluate(hand_params(), unit_head(), memory, scaling=0.5)
+    assert result["pema_cross_entropy"] == pytest.approx(math.log(1 + math.exp(-math.sqrt(2))), rel=1e-6)
+    # The frozen head sees h = (1, 3): RMSNorm gives (1, 3) / sqrt(5), logits the same.
+    assert result["lm_cross_entropy"] == pytest.approx(math.log(1 + math.exp(2 / math.sqrt(5))), rel=1e-5)
+    assert result["pema_accuracy"] == 1.0
+    assert result["lm_accuracy"] == 0.0
+    assert result["reconstruction"] == pytest.approx(4.5)
