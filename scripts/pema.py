@@ -27,9 +27,9 @@ Deviations from the paper:
 - SmolLM2-135M instead of OPT-IML and LLaMA models of billions of parameters; Multi30k
   and modern→original Shakespeare instead of WMT22 and GYAFC; no COMET and no
   Offsite-Tuning.
-- The `small` preset subsamples the training, validation and test pairs, prompts without
-  examples (zero-shot), trains LoRA for a few dozen steps and PEMA for at most 4 epochs
-  per stage, so that everything fits in 45 minutes on 2 CPU cores.
+- The `small` preset fits in 45 minutes on 2 CPU cores. It subsamples the training,
+  validation and test pairs and prompts without examples (zero-shot). LoRA trains for a
+  few dozen steps and PEMA for at most 4 epochs per stage.
 - Gradual Unrolling's length comes from the source (the paper's code reads the
   reference); the reference-length variant is reported as an upper bound only.
 - lambda_max, the kNN-LM weight and temperature are fixed, not tuned on validation.
