@@ -1,4 +1,8 @@
-"""Text corpora for small language models: loading, character tokenization and windows.
+"""Text corpora for small language models: loading, tokenization and windows.
+
+Two tokenizers: `CharTokenizer` (one id per character) and `SentencePieceTokenizer`
+(subwords learned from the corpus with the `sentencepiece` package, as in Kudo and
+Richardson 2018).
 
 `load_text_lines` reads a text column of a parquet split from a local folder (`data_dir`
 or `JAXLAB_DATA_DIR`) holding `<name>/<split>.parquet`, for example
@@ -67,6 +71,70 @@ class CharTokenizer:
 
     def decode(self, ids):
         return "".join(self.alphabet[int(i)] for i in ids)
+
+
+class SentencePieceTokenizer:
+    """Subword tokenizer trained with `sentencepiece`; ids 0, 1, 2 are unknown, BOS and EOS.
+
+    `encode` adds no BOS or EOS, so callers add them where a model expects them.
+    """
+
+    UNKNOWN_ID, BOS_ID, EOS_ID = 0, 1, 2
+
+    def __init__(self, model_proto):
+        import sentencepiece
+
+        self.model_proto = bytes(model_proto)
+        self.processor = sentencepiece.SentencePieceProcessor(model_proto=self.model_proto)
+
+    @classmethod
+    def train(cls, lines, *, vocab_size, model_type="unigram"):
+        """Learn a vocabulary of `vocab_size` pieces from `lines`, in memory.
+
+        Training reads every line and runs on one thread, so the same lines always give
+        the same model.
+        """
+        import io
+
+        import sentencepiece
+
+        if vocab_size < 4:
+            raise ValueError(f"vocab_size={vocab_size} is invalid; it must be at least 4 (unknown, BOS, EOS and one piece).")
+        if not lines:
+            raise ValueError("lines is empty; a SentencePiece model needs training text.")
+        proto = io.BytesIO()
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_writer=proto, vocab_size=vocab_size,
+            model_type=model_type, character_coverage=1.0, unk_id=cls.UNKNOWN_ID,
+            bos_id=cls.BOS_ID, eos_id=cls.EOS_ID, pad_id=-1, num_threads=1, minloglevel=2,
+        )
+        return cls(proto.getvalue())
+
+    @property
+    def vocab_size(self):
+        return self.processor.vocab_size()
+
+    @property
+    def bos_id(self):
+        return self.BOS_ID
+
+    @property
+    def eos_id(self):
+        return self.EOS_ID
+
+    def encode(self, text):
+        return list(self.processor.encode(text))
+
+    def decode(self, ids):
+        return self.processor.decode([int(i) for i in ids])
+
+    def encode_lines(self, lines):
+        """Encode lines into one int32 stream, each line followed by EOS."""
+        ids = []
+        for piece_ids in self.processor.encode(list(lines)):
+            ids.extend(piece_ids)
+            ids.append(self.EOS_ID)
+        return np.asarray(ids, np.int32)
 
 
 def join_lines(lines):

@@ -19,7 +19,8 @@ PROMPT_BUCKET = 16
 PAD_TOKEN = 0
 
 
-@functools.partial(jax.jit, static_argnames="model")
+# The cache is donated: each step overwrites one slot, so XLA may update it in place.
+@functools.partial(jax.jit, static_argnames="model", donate_argnames="cache")
 def decode_step(model, params, tokens, positions, cache):
     """Run tokens [batch, length] through the model and cache.
 

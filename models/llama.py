@@ -5,8 +5,8 @@ Glossary:
   RoPE: rotary position embedding. Each query and key head vector is split into two
     halves (x1, x2) and rotated pair-wise, x1[i] with x2[i], by the angle
     position * rope_theta ** (-2i / head_dim). This is the "rotate-half" layout of
-    Hugging Face transformers; llama.cpp permutes the rows of the query and key
-    projections for its interleaved layout, and `models.llama_io` undoes that.
+    Hugging Face transformers. llama.cpp permutes the rows of the query and key
+    projections for its interleaved layout, so `models.llama_io` undoes that.
   GQA: grouped-query attention. num_heads query heads share num_kv_heads key-value
     heads, num_heads / num_kv_heads query heads per group.
   SwiGLU: the MLP down_proj(silu(gate_proj(x)) * up_proj(x)).
@@ -44,7 +44,7 @@ class LlamaConfig:
       num_kv_heads: key-value heads; num_heads must be a multiple of it.
       rms_norm_eps: epsilon inside every RMSNorm.
       rope_theta: base of the rotary frequencies.
-      max_position_embeddings: longest context the model was trained for.
+      max_position_embeddings: maximum context length the model was trained for.
       tie_embeddings: whether the LM head reuses the embedding matrix.
     """
 
@@ -90,6 +90,21 @@ class LlamaConfig:
         if not self.rope_theta > 0:
             raise ValueError(f"LlamaConfig.rope_theta={self.rope_theta!r} is invalid; it must be positive.")
         return self
+
+
+def tiny_config(vocab_size, *, max_position_embeddings=128):
+    """Return a LlamaConfig of about 0.1 M parameters plus the embeddings, for fast CPU tests."""
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=176,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        rms_norm_eps=1e-5,
+        rope_theta=10_000.0,
+        max_position_embeddings=max_position_embeddings,
+    ).validate()
 
 
 class KVCache(NamedTuple):
@@ -313,7 +328,7 @@ class Llama(nn.Module):
             max_length = cache.positions.shape[1]
             if not isinstance(cache.index, jax.core.Tracer) and int(cache.index) + length > max_length:
                 raise ValueError(
-                    f"the cache holds {max_length} positions, {int(cache.index)} are already used "
+                    f"the cache contains {max_length} positions, {int(cache.index)} are already used "
                     f"and {length} more do not fit; allocate a larger cache with init_cache."
                 )
             cache_positions = lax.dynamic_update_slice(cache.positions, positions, (0, cache.index))

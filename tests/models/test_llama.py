@@ -164,7 +164,7 @@ def test_rms_norm_values():
 def test_cache_overflow_raises():
     model, params = init(TINY)
     cache = init_cache(TINY, 1, 4)
-    with pytest.raises(ValueError, match="cache holds 4 positions"):
+    with pytest.raises(ValueError, match="cache contains 4 positions"):
         model.apply({"params": params}, random_tokens(9, (1, 5)), cache=cache)
 
 
