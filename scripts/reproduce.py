@@ -31,6 +31,7 @@ EXPERIMENTS = (
     "scripts.posit_cnn",
     "scripts.cyclic_quant",
     "scripts.align",
+    "scripts.pema",
 )
 
 

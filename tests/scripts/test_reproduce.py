@@ -27,6 +27,8 @@ def test_reproduce_smoke_writes_report(tmp_path, data_dir, experiment_workdir, c
     assert "python -m scripts.cyclic_quant --preset smoke --data-dir" in text
     assert "## Scalable oversight: weak-to-strong generalization" in text
     assert "python -m scripts.align --preset smoke --data-dir" in text
+    assert "## PEMA: plug-in external memory adaptation" in text
+    assert "python -m scripts.pema --preset smoke --data-dir" in text
     assert "Experiments that failed" not in text
 
 

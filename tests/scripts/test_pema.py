@@ -1,0 +1,149 @@
+"""scripts.pema end to end at the smoke preset, its pieces, and its errors on bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from adapters import pema as pema_lib
+from models import llama
+from scripts import pema
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, data_dir, experiment_workdir):
+    root = tmp_path_factory.mktemp("pema")
+    argv = ["--preset", "smoke", "--data-dir", data_dir, "--workdir", str(experiment_workdir),
+            "--results-dir", str(root / "results")]
+    report = pema.main(argv)
+    return argv, Path(report)
+
+
+def results_of(report):
+    return json.loads((Path(report).parent / "pema" / "results.json").read_text())
+
+
+def test_report_puts_paper_beside_ours(smoke_run):
+    _, report = smoke_run
+    text = report.read_text()
+    assert "## PEMA: plug-in external memory adaptation" in text
+    assert "| sacreBLEU: PEMA above LoRA and kNN-LM | yes, on WMT22 EN→DE and GYAFC |" in text
+    assert "| training memory of PEMA relative to LoRA | about 1/10 |" in text
+    for method in pema.METHODS:
+        assert f"| {method} |" in text, method
+    for method in pema.COST_METHODS:
+        assert f"| {method} | " in text, method
+    assert "### Deviations from the paper" in text
+    assert "python -m scripts.pema --preset smoke" in text
+
+
+def test_every_method_is_scored(smoke_run):
+    _, report = smoke_run
+    results = results_of(report)
+    scores = results["tasks"]["en-de"]["methods"]
+    assert sorted(scores) == sorted(pema.METHODS)
+    for method, values in scores.items():
+        assert 0.0 <= values["bleu"] <= 100.0, method
+        assert 0.0 <= values["chrf"] <= 100.0, method
+        assert len(values["examples"]) == 3, method
+    for method in pema.COST_METHODS:
+        cost = results["costs"][method]
+        assert cost["peak_rss_mib"] > 0, method
+        assert cost["seconds_per_step"] > 0, method
+    assert results["costs"]["pema"]["trainable"] == 2 * 16 * 32  # A [r, d] and B_pd [d, r]
+
+
+def test_adapters_learn_on_real_data(smoke_run):
+    _, report = smoke_run
+    task = results_of(report)["tasks"]["en-de"]
+    for stage in ("stage1", "stage2"):
+        history = task["pema_history"][stage]
+        first = history["history"][0]["validation_loss"]
+        best = history["history"][history["best_epoch"]]["validation_loss"]
+        assert best < 0.8 * first, stage
+    losses = task["lora_losses"]
+    assert len(losses) == pema.PRESETS["smoke"].lora_steps
+    assert np.mean(losses[-3:]) < 0.8 * losses[0]
+
+
+def test_rerun_resumes_with_same_results(smoke_run):
+    argv, report = smoke_run
+    second = pema.main(argv)
+    assert Path(second).parent != report.parent
+    assert results_of(second) == results_of(report)
+
+
+def tiny_model(vocab_size=11):
+    config = pema.tiny_config(vocab_size)
+    model = llama.Llama(config)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    return config, model, params
+
+
+def test_frozen_head_matches_model_head():
+    config, model, params = tiny_model()
+    hidden = jax.random.normal(jax.random.key(1), (3, config.hidden_size))
+    expected = model.apply({"params": params}, hidden, method=llama.Llama.head)
+    got = pema_lib.head_logits(pema.frozen_head(config, params), hidden)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_memory_holds_model_states(tmp_path):
+    config, model, params = tiny_model()
+    apply = jax.jit(lambda tokens: model.apply({"params": params}, tokens))
+    examples = [([1, 2, 3], [4, 5]), ([6], [7, 8, 9])]
+    memory = pema_lib.build_memory(lambda tokens: apply(tokens)[1], examples, tmp_path, pad_multiple=4)
+    np.testing.assert_array_equal(memory.tokens, [4, 5, 7, 8, 9])
+    _, hidden, _ = apply(jnp.asarray([[1, 2, 3, 4, 5]]))
+    np.testing.assert_allclose(memory.hidden[:2], hidden[0, 2:4], rtol=1e-5, atol=1e-5)
+
+
+def test_sequence_batch_masks_targets():
+    tokens, labels, mask = pema.sequence_batch([[1, 2, 3], [4]], [[5, 6], [7]], [0, 1], 6)
+    np.testing.assert_array_equal(tokens, [[1, 2, 3, 5, 0, 0], [4, 0, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(labels[0, :4], [2, 3, 5, 6])
+    np.testing.assert_array_equal(mask, [[0, 0, 1, 1, 0, 0], [1, 0, 0, 0, 0, 0]])
+
+
+def test_prompt_ends_where_output_begins():
+    text = pema.prompt_text("en-de", [("A dog.", "Ein Hund.")], "A cat.")
+    assert text == "Translate English to German.\nEnglish: A dog.\nGerman: Ein Hund.\nEnglish: A cat.\nGerman:"
+    assert pema.target_text("Eine Katze.") == " Eine Katze.\n"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--pema-rank", "0"], "pema_rank=0 is not valid"),
+        (["--lora-rank", "-1"], "lora_rank=-1 is not valid"),
+        (["--tasks", "en-xx"], "task 'en-xx' is not valid"),
+        (["--checkpoint", "weights.bin"], "is not a supported checkpoint format"),
+        (["--shots", "40"], "exceed the model's context of 1024 tokens"),
+        (["--train-pairs", "0"], "the memory would be empty"),
+    ],
+)
+def test_bad_input_exits_2(args, message, tmp_path, data_dir, capsys):
+    argv = ["--preset", "smoke", "--data-dir", data_dir, "--workdir", str(tmp_path / "work"),
+            "--results-dir", str(tmp_path / "results"), "--model", "smollm2" if "--checkpoint" in args else "tiny",
+            *args]
+    with pytest.raises(SystemExit) as exit_info:
+        pema.main(argv)
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert message in stderr
+    assert stderr.strip().splitlines()[-1].startswith("error:")
+
+
+def test_unknown_model_exits_2_from_shell(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "scripts.pema", "--preset", "smoke", "--model", "gpt", "--results-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 2
+    assert "model='gpt' is not valid" in completed.stderr
