@@ -5,7 +5,7 @@ import importlib
 import pytest
 
 SCRIPTS = ("scripts.approx_cnn", "scripts.approx_analysis", "scripts.posit_cnn", "scripts.cyclic_quant",
-           "scripts.align", "scripts.reproduce")
+           "scripts.align", "scripts.pema", "scripts.reproduce")
 
 # Options that disable MNIST, whose registry copy a machine may hold, so that only the
 # missing CIFAR-10 can satisfy the run.
@@ -15,10 +15,12 @@ CIFAR_ONLY = {
     "scripts.posit_cnn": ["--mnist.no-enabled"],
     "scripts.cyclic_quant": ["--dataset", "cifar10"],
     "scripts.align": [],
+    "scripts.pema": [],
     "scripts.reproduce": ["--only", "scripts.approx_cnn"],
 }
 MISSING = {"scripts.reproduce": "does not contain mnist/train.parquet",
-           "scripts.align": "does not contain mnist/"}
+           "scripts.align": "does not contain mnist/",
+           "scripts.pema": "'multi30k' split 'train' was not found"}
 
 
 def run_main(module, argv, capsys):
