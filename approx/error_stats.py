@@ -4,7 +4,7 @@ For operands a = 1 + i / 2**g and b = 1 + j / 2**g (every pair of g-bit fraction
 exponent being irrelevant to the relative error of these multipliers away from overflow
 and underflow), `grid_errors` computes (multiplier(a, b) - a * b) / (a * b) for all
 2**(2g) pairs. `sampled_errors` does the same for operands with uniformly random 23-bit
-fractions, which is what a multiplier that truncates to w < 23 bits sees in practice.
+fractions, the inputs that a multiplier truncating to w < 23 bits receives in practice.
 
 Unbiased Mitch-w adds half of the dropped range to each truncated fraction; on a grid of
 exactly w-bit fractions nothing is dropped, so there it shows a positive bias that the

@@ -11,8 +11,8 @@ iterations
 
 Here x and y are the 24-bit significands of two float32 operands (hidden bit
 included), optionally with their fractions first truncated to w bits. The
-approximate significand product, below 2**48, is held in two uint32 limbs and rounded
-once to float32, to nearest with ties to even. ILM never overestimates: each iteration
+approximate significand product, below 2**48, is held in two uint32 words
+(`approx.wide`) and rounded once to float32, to nearest with ties to even. ILM never overestimates: each iteration
 drops a non-negative term.
 
 Truth table (`n` a normal number, `0` a zero or subnormal, sign is XOR):
@@ -36,7 +36,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from approx import bits as fb
-from approx.mitchell import QUIET_NAN_BITS, check_width
+from approx import wide
+from approx.mitchell import apply_special_operands, check_width
 
 MAX_ITERATIONS = 23
 
@@ -50,30 +51,6 @@ def check_iterations(iterations):
             f"iterations={iterations!r} is not valid: ILM takes 0..{MAX_ITERATIONS} correction "
             "iterations (23 makes every 24-bit product exact)."
         )
-
-
-# --------------------------------------------------------------------------------------
-# Unsigned 64-bit values as (hi, lo) uint32 limbs
-
-
-def _shift_left_wide(x, shift):
-    """x * 2**shift as (hi, lo) for uint32 x < 2**24 and int32 shift in 0..46."""
-    shift = shift.astype(jnp.uint32)
-    low_part = jnp.where(shift < 32, x << jnp.minimum(shift, 31), jnp.uint32(0))
-    # For 0 < shift < 32 the bits shifted out of lo land in hi; shift 0 moves nothing.
-    spill = jnp.where(
-        (shift > 0) & (shift < 32), x >> (jnp.uint32(32) - jnp.maximum(shift, 1)), jnp.uint32(0)
-    )
-    high_part = jnp.where(shift >= 32, x << (jnp.maximum(shift, 32) - 32), spill)
-    return high_part, low_part
-
-
-def _add_wide(a, b):
-    hi_a, lo_a = a
-    hi_b, lo_b = b
-    lo = lo_a + lo_b
-    carry = (lo < lo_a).astype(jnp.uint32)
-    return hi_a + hi_b + carry, lo
 
 
 def _leading_one(x):
@@ -91,11 +68,12 @@ def _ilm_terms(x, y, iterations):
         rx = x - (jnp.uint32(1) << kx)
         ry = y - (jnp.uint32(1) << ky)
 
-        term = _shift_left_wide(jnp.uint32(1), kx + ky)
-        term = _add_wide(term, _shift_left_wide(rx, ky))
-        term = _add_wide(term, _shift_left_wide(ry, kx))
+        zero = jnp.zeros_like(x)
+        term = wide.shift_left(zero, jnp.ones_like(x), kx + ky)
+        term = wide.add(*term, *wide.shift_left(zero, rx, ky))
+        term = wide.add(*term, *wide.shift_left(zero, ry, kx))
         term = tuple(jnp.where(active, part, jnp.uint32(0)) for part in term)
-        total = _add_wide(total, term)
+        total = wide.add(*total, *term)
 
         x = jnp.where(active, rx, jnp.uint32(0))
         y = jnp.where(active, ry, jnp.uint32(0))
@@ -142,14 +120,7 @@ def _ilm_mul(a, b, *, iterations, w):
     magnitude = jnp.where(exponent >= 255, jnp.uint32(fb.INF_BITS), magnitude)
     magnitude = jnp.where(exponent <= 0, jnp.uint32(0), magnitude)
 
-    zero_a = fb.is_zero_or_subnormal_bits(bits_a)
-    zero_b = fb.is_zero_or_subnormal_bits(bits_b)
-    inf_a, inf_b = fb.is_inf_bits(bits_a), fb.is_inf_bits(bits_b)
-    nan = fb.is_nan_bits(bits_a) | fb.is_nan_bits(bits_b) | (inf_a & zero_b) | (zero_a & inf_b)
-    magnitude = jnp.where(zero_a | zero_b, jnp.uint32(0), magnitude)
-    magnitude = jnp.where(inf_a | inf_b, jnp.uint32(fb.INF_BITS), magnitude)
-    sign = (bits_a ^ bits_b) & jnp.uint32(fb.SIGN_MASK)
-    return fb.from_bits(jnp.where(nan, jnp.uint32(QUIET_NAN_BITS), magnitude | sign))
+    return fb.from_bits(apply_special_operands(bits_a, bits_b, magnitude))
 
 
 def ilm_mul(a, b, *, iterations=1, w=23):

@@ -98,11 +98,21 @@ def _mitchell_mul(a, b, *, w, unbiased):
     a, b = jnp.broadcast_arrays(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
     bits_a, bits_b = fb.to_bits(a), fb.to_bits(b)
 
-    log_a, sign_a = encode_log(a, w)
-    log_b, sign_b = encode_log(b, w)
+    log_a, _ = encode_log(a, w)
+    log_b, _ = encode_log(b, w)
     magnitude = combine_logs(log_a, log_b, unbiased_offset(w, unbiased))
     magnitude = lax.bitcast_convert_type(magnitude, jnp.uint32)
 
+    return fb.from_bits(apply_special_operands(bits_a, bits_b, magnitude))
+
+
+def apply_special_operands(bits_a, bits_b, magnitude):
+    """Product bit patterns (uint32) from the magnitude for two normal operands.
+
+    Applies the truth table shared by the emulated multipliers: NaN operands and
+    inf * 0 give the quiet NaN, inf * (normal or inf) gives inf, zero and subnormal
+    operands give 0, and the sign is the XOR of the operands' signs.
+    """
     zero_a = fb.is_zero_or_subnormal_bits(bits_a)
     zero_b = fb.is_zero_or_subnormal_bits(bits_b)
     inf_a, inf_b = fb.is_inf_bits(bits_a), fb.is_inf_bits(bits_b)
@@ -110,8 +120,8 @@ def _mitchell_mul(a, b, *, w, unbiased):
 
     magnitude = jnp.where(zero_a | zero_b, jnp.uint32(0), magnitude)
     magnitude = jnp.where(inf_a | inf_b, jnp.uint32(fb.INF_BITS), magnitude)
-    result = jnp.where(nan, jnp.uint32(QUIET_NAN_BITS), magnitude | (sign_a ^ sign_b))
-    return fb.from_bits(result)
+    sign = (bits_a ^ bits_b) & jnp.uint32(fb.SIGN_MASK)
+    return jnp.where(nan, jnp.uint32(QUIET_NAN_BITS), magnitude | sign)
 
 
 def mitchell_mul(a, b, *, w=23, unbiased=False):

@@ -72,6 +72,14 @@ def histogram_from_counts(path, edges, counts, *, xlabel, title):
     axes.set_xlabel(xlabel)
     axes.set_ylabel("density")
     axes.set_title(title)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
 def curves_plot(path, curves, *, xlabel, ylabel, title, reference_lines=None):
     """Plot named curves, each with its own x values, and save a PNG.
 

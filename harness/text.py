@@ -20,7 +20,7 @@ UNKNOWN = "\ufffd"
 
 
 def load_text_lines(name, split, column, *, data_dir=None):
-    """The strings of `column` in `<data_dir>/<name>/<split>.parquet`.
+    """Read the strings of `column` in `<data_dir>/<name>/<split>.parquet`.
 
     Raises:
       DataNotFoundError: no local folder is configured or it lacks the split.
@@ -70,7 +70,7 @@ class CharTokenizer:
 
 
 def join_lines(lines):
-    """One stream of text with a newline after every line."""
+    """Join lines into one stream of text with a newline after every line."""
     return "".join(line + "\n" for line in lines)
 
 

@@ -12,3 +12,10 @@ def test_curves_plot_writes_png(tmp_path):
     assert path == tmp_path / "sub" / "curves.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 1000
+
+
+def test_histogram_from_counts_writes_png(tmp_path):
+    path = plots.histogram_from_counts(tmp_path / "h.png", [0.0, 0.5, 1.0], {"a": [3, 1], "b": [0, 4]},
+                                       xlabel="x", title="t")
+    assert path == tmp_path / "h.png"
+    assert path.stat().st_size > 1000

@@ -75,7 +75,8 @@ def test_sigkill_then_restart_matches(smoke_run, data_dir, tmp_path):
     argv = [a for a in argv]
     argv[argv.index("--workdir") + 1] = str(tmp_path / "work")
     argv[argv.index("--results-dir") + 1] = str(tmp_path / "results")
-    command = [sys.executable, "-m", "scripts.approx_cnn", *argv]
+    # MNIST alone keeps the test short; its results must equal the uninterrupted run's.
+    command = [sys.executable, "-m", "scripts.approx_cnn", *argv, "--cifar10.no-enabled"]
 
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env=dict(os.environ))
@@ -91,7 +92,8 @@ def test_sigkill_then_restart_matches(smoke_run, data_dir, tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "resuming at step" in completed.stderr
     restarted = Path(completed.stdout.strip().splitlines()[-1].split(" ", 3)[-1])
-    assert results_of(restarted) == results_of(report)
+    assert set(results_of(restarted)) == {"mnist"}
+    assert results_of(restarted)["mnist"] == results_of(report)["mnist"]
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,9 @@ from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, data_dir):
+def smoke_run(tmp_path_factory, data_dir, experiment_workdir):
     root = tmp_path_factory.mktemp("posit_cnn")
-    argv = ["--preset", "smoke", "--data-dir", data_dir, "--workdir", str(root / "work"),
+    argv = ["--preset", "smoke", "--data-dir", data_dir, "--workdir", str(experiment_workdir),
             "--results-dir", str(root / "results")]
     return argv, Path(posit_cnn.main(argv))
 
