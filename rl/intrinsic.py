@@ -123,7 +123,7 @@ class Intrinsic(NamedTuple):
 
 def _flat(transitions):
     """Merge the [time, envs] axes of a rollout into one batch axis."""
-    return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), transitions)
+    return jax.tree.map(lambda x: x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:]), transitions)
 
 
 def _optimizer(config):

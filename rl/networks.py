@@ -13,8 +13,17 @@ import numpy as np
 TORSOS = ("mlp", "cnn")
 
 
+def _kernel_init(scale):
+    """Gaussian kernels of variance scale^2 / fan_in, the gain of PPO's usual orthogonal init.
+
+    Not orthogonal: jaxlib 0.10.2's CPU QR kernel, which `nn.initializers.orthogonal`
+    calls, was seen to deadlock when `train` is vmapped over seeds.
+    """
+    return nn.initializers.variance_scaling(scale**2, "fan_in", "truncated_normal")
+
+
 def _dense(features, scale=np.sqrt(2.0)):
-    return nn.Dense(features, kernel_init=nn.initializers.orthogonal(scale), bias_init=nn.initializers.zeros)
+    return nn.Dense(features, kernel_init=_kernel_init(scale), bias_init=nn.initializers.zeros)
 
 
 class Torso(nn.Module):
@@ -31,8 +40,8 @@ class Torso(nn.Module):
     def __call__(self, obs):
         x = obs
         if self.kind == "cnn":
-            x = nn.relu(nn.Conv(16, (3, 3), kernel_init=nn.initializers.orthogonal(np.sqrt(2.0)))(x))
-            x = nn.relu(nn.Conv(32, (3, 3), kernel_init=nn.initializers.orthogonal(np.sqrt(2.0)))(x))
+            x = nn.relu(nn.Conv(16, (3, 3), kernel_init=_kernel_init(np.sqrt(2.0)))(x))
+            x = nn.relu(nn.Conv(32, (3, 3), kernel_init=_kernel_init(np.sqrt(2.0)))(x))
             x = x.reshape(x.shape[0], -1)
             return nn.relu(_dense(self.hidden)(x))
         x = x.reshape(x.shape[0], -1)
