@@ -248,10 +248,15 @@ def init_runner(setup, key, beta):
 # Rollout
 
 
-def env_step(setup, carry, key):
-    """Act in every environment once; returns the new (env_state, obs) and the step record."""
-    params, env_state, obs = carry
-    action_key, env_key = jax.random.split(key)
+def env_step(setup, carry):
+    """Act in every environment once; returns the new carry and the step record.
+
+    The carry is (params, env_state, obs, key): the key travels in the carry rather than
+    as pre-split scan inputs, because JAX 0.10.2's key-reuse checker reports scanned
+    key arrays under vmap as reused.
+    """
+    params, env_state, obs, key = carry
+    key, action_key, env_key = jax.random.split(key, 3)
     logits, value_ext, value_int = setup.network.apply(params, obs)
     action = jax.random.categorical(action_key, logits)
     log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], axis=1)[:, 0]
@@ -265,14 +270,14 @@ def env_step(setup, carry, key):
         done=jnp.logical_or(terminated, truncated), next_obs=info["final_observation"],
         episode_return=info["returned_episode_returns"], episode_ended=info["returned_episode"],
     )
-    return (params, env_state, next_obs), record
+    return (params, env_state, next_obs, key), record
 
 
 def collect_rollout(setup, runner, key):
     """Run `num_steps` steps in every environment; returns the runner and the `Rollout`."""
-    keys = jax.random.split(key, setup.config.num_steps)
-    carry = (runner.policy.params, runner.env_state, runner.obs)
-    (_, env_state, obs), rollout = jax.lax.scan(lambda c, k: env_step(setup, c, k), carry, keys)
+    carry = (runner.policy.params, runner.env_state, runner.obs, key)
+    (_, env_state, obs, _), rollout = jax.lax.scan(
+        lambda c, _: env_step(setup, c), carry, None, length=setup.config.num_steps)
     return runner._replace(env_state=env_state, obs=obs), rollout
 
 
@@ -373,11 +378,16 @@ def minibatch_update(setup, carry, batch):
     return (policy, intrinsic_state), {**metrics, **intrinsic_metrics}
 
 
-def update_epoch(setup, carry, key, batch):
-    """Shuffle the batch, split it into minibatches and update on each in turn."""
+def update_epoch(setup, carry, batch):
+    """Shuffle the batch, split it into minibatches and update on each in turn.
+
+    The carry is (PolicyState, IntrinsicState, key).
+    """
     config = setup.config
+    policy, intrinsic_state, key = carry
+    key, permutation_key = jax.random.split(key)
     size = batch_size(config)
-    permutation = jax.random.permutation(key, size)
+    permutation = jax.random.permutation(permutation_key, size)
 
     def to_minibatches(x):
         # Explicit sizes, because -1 cannot be inferred for noise rows of width 0.
@@ -385,7 +395,9 @@ def update_epoch(setup, carry, key, batch):
         return jnp.take(x, permutation, axis=0).reshape(shape)
 
     minibatches = jax.tree.map(to_minibatches, batch)
-    return jax.lax.scan(lambda c, b: minibatch_update(setup, c, b), carry, minibatches)
+    (policy, intrinsic_state), metrics = jax.lax.scan(
+        lambda c, b: minibatch_update(setup, c, b), (policy, intrinsic_state), minibatches)
+    return (policy, intrinsic_state, key), metrics
 
 
 def flatten_batch(rollout, combined, return_ext, return_int, transitions, noise):
@@ -425,10 +437,9 @@ def train_iteration(setup, runner, key):
     combined, return_ext, return_int = advantages(setup, runner, rollout, scaled_intrinsic)
     batch = flatten_batch(rollout, combined, return_ext, return_int, transitions, noise)
 
-    carry = (runner.policy, runner.intrinsic)
-    epoch_keys = jax.random.split(epochs_key, config.update_epochs)
-    (policy, intrinsic_state), update_metrics = jax.lax.scan(
-        lambda c, k: update_epoch(setup, c, k, batch), carry, epoch_keys)
+    carry = (runner.policy, runner.intrinsic, epochs_key)
+    (policy, intrinsic_state, _), update_metrics = jax.lax.scan(
+        lambda c, _: update_epoch(setup, c, batch), carry, None, length=config.update_epochs)
     runner = runner._replace(policy=policy, intrinsic=intrinsic_state)
 
     metrics = {name: value.mean() for name, value in update_metrics.items()}
@@ -463,14 +474,16 @@ def run_training(setup, key, beta):
     runner = init_runner(setup, init_key, beta)
     updates = num_updates(setup.config)
 
-    def body(runner, inputs):
-        index, iteration_key = inputs
+    def body(carry, index):
+        runner, key = carry
+        key, iteration_key = jax.random.split(key)
         runner, metrics = train_iteration(setup, runner, iteration_key)
         metrics["env_steps"] = (index + 1) * batch_size(setup.config)
         report_progress(setup, index, metrics)
-        return runner, metrics
+        return (runner, key), metrics
 
-    return jax.lax.scan(body, runner, (jnp.arange(updates), jax.random.split(loop_key, updates)))
+    (runner, _), metrics = jax.lax.scan(body, (runner, loop_key), jnp.arange(updates))
+    return runner, metrics
 
 
 def make_train(config, *, progress=None):
