@@ -30,6 +30,7 @@ EXPERIMENTS = (
     "scripts.approx_analysis",
     "scripts.posit_cnn",
     "scripts.cyclic_quant",
+    "scripts.tecle",
 )
 
 

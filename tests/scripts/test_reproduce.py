@@ -25,6 +25,7 @@ def test_reproduce_smoke_writes_report(tmp_path, data_dir, experiment_workdir, c
     assert "python -m scripts.posit_cnn --preset smoke --data-dir" in text
     assert "## Cyclic training with multiple quantization steps" in text
     assert "python -m scripts.cyclic_quant --preset smoke --data-dir" in text
+    assert "## TeCLE: temporally correlated latent exploration" in text
     assert "Experiments that failed" not in text
 
 
