@@ -43,7 +43,7 @@ NOISY_TV_MODES = (None, "noise", "shuffle")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PPOConfig:
-    """PPO, its environment and its intrinsic reward. Defaults follow the TeCLE authors' MiniGrid runs."""
+    """PPO, its environment and its intrinsic reward."""
 
     env: str = "MiniGrid-DoorKey-8x8"
     """Environment name, one of `rl.envs.ENVIRONMENTS`."""

@@ -4,7 +4,7 @@ Every method trains a PPO agent with two value heads (`rl.ppo`) on each environm
 three settings: plain, Noisy TV (one action fills the next observation with uniform
 noise) and sticky actions (p = 0.25). All seeds of one (method, environment, setting)
 train in one vmapped program; TeCLE's noise exponents beta are vmapped too, so one
-compilation covers every beta and seed. Every method sees the same seeds' keys.
+compilation covers every beta and seed. Every method uses the same seed keys.
 
 Reported per (method, environment, setting): the learning curve of the extrinsic
 episode return (mean over seeds with a 95% Student-t confidence band), the final return
@@ -111,13 +111,14 @@ PRESETS = {
                           intrinsic=dataclasses.replace(_TINY_INTRINSIC, latent=4)),
         curve_points=4,
     ),
-    # NOTE: sized by estimate, not by a finished run: 36 compilations of about 30 s each
-    # on a 2-core CPU dominate, and each run trains for a few seconds.
+    # NOTE: sized by estimate, not by a finished run. Its 36 compilations took about 30 to
+    # 90 s each on a shared 2-core CPU and dominate; each run trains 30 updates.
     "small": Config(
-        preset="small", seeds=5, minigrid_timesteps=16 * 64 * 60, minatar_timesteps=16 * 64 * 60,
+        preset="small", seeds=5, envs=("MiniGrid-DoorKey-5x5", "Breakout-MinAtar", "SpaceInvaders-MinAtar"),
+        minigrid_timesteps=16 * 64 * 30, minatar_timesteps=16 * 64 * 30,
         ppo=ppo_lib.PPOConfig(num_envs=16, num_steps=64, num_minibatches=4, update_epochs=2, hidden=64,
-                          learning_rate=1e-3, intrinsic=_TINY_INTRINSIC),
-        curve_points=15,
+                              learning_rate=1e-3, intrinsic=_TINY_INTRINSIC),
+        curve_points=10,
     ),
     "paper": Config(preset="paper"),
 }
@@ -148,7 +149,7 @@ def validate(config):
 
 
 def run_config(config, method, env, setting):
-    """The PPOConfig of one (method, environment, setting)."""
+    """Return the PPOConfig of one (method, environment, setting)."""
     timesteps = config.minigrid_timesteps if env in envs_lib.MINIGRID else config.minatar_timesteps
     intrinsic = dataclasses.replace(config.ppo.intrinsic, method="none" if method == "ppo" else method)
     return dataclasses.replace(
@@ -330,7 +331,7 @@ def _best(summary, env, setting, labels):
 
 
 def _separated(first, second):
-    """Whether the 95% intervals of two (mean, half-width) pairs do not overlap, first above."""
+    """Return whether the 95% interval of `first` lies wholly above that of `second`."""
     (a, a_half), (b, b_half) = first, second
     return bool(np.isfinite(a_half) and np.isfinite(b_half) and a - a_half > b + b_half)
 
