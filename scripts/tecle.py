@@ -111,8 +111,10 @@ PRESETS = {
                           intrinsic=dataclasses.replace(_TINY_INTRINSIC, latent=4)),
         curve_points=4,
     ),
-    # NOTE: sized by estimate, not by a finished run. Its 36 compilations took about 30 to
-    # 90 s each on a shared 2-core CPU and dominate; each run trains 30 updates.
+    # NOTE: misses the 30-minute target on a shared 2-core CPU (load average about 12).
+    # There the DoorKey plain setting took 31 s (PPO), 64 s (RND), 94 s (ICM) and
+    # 434 s (TeCLE, five betas), compilation included, so all nine settings need an
+    # estimated 90 minutes. Each run trains 30 updates.
     "small": Config(
         preset="small", seeds=5, envs=("MiniGrid-DoorKey-5x5", "Breakout-MinAtar", "SpaceInvaders-MinAtar"),
         minigrid_timesteps=16 * 64 * 30, minatar_timesteps=16 * 64 * 30,
