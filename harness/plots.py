@@ -144,3 +144,33 @@ def bar_plot(path, categories, series, *, ylabel, title, reference_lines=None):
     figure.savefig(path, bbox_inches="tight")
     plt.close(figure)
     return path
+
+
+def band_plot(path, curves, *, xlabel, ylabel, title):
+    """Plot named mean curves with shaded bands (such as 95% confidence intervals) and save a PNG.
+
+    Args:
+      path: output file.
+      curves: name -> (x values, mean, lower bound, upper bound), four sequences of one
+        length. NaN entries are left as gaps.
+      xlabel, ylabel, title: axis labels and title.
+
+    Returns:
+      the saved path.
+    """
+    path = Path(path)
+    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for index, (name, (xs, mean, lower, upper)) in enumerate(curves.items()):
+        color = f"C{index % 10}"
+        axes.plot(list(xs), list(mean), color=color, label=name)
+        axes.fill_between(list(xs), list(lower), list(upper), color=color, alpha=0.2, linewidth=0)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path

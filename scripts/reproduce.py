@@ -32,6 +32,7 @@ EXPERIMENTS = (
     "scripts.cyclic_quant",
     "scripts.align",
     "scripts.pema",
+    "scripts.tecle",
 )
 
 

@@ -28,3 +28,14 @@ def test_histogram_from_counts_writes_png(tmp_path):
                                        xlabel="x", title="t")
     assert path == tmp_path / "h.png"
     assert path.stat().st_size > 1000
+
+
+def test_band_plot_writes_png_with_gaps(tmp_path):
+    nan = float("nan")
+    path = plots.band_plot(
+        tmp_path / "band.png",
+        {"ppo": ([1, 2, 3], [0.1, nan, 0.5], [0.0, nan, 0.4], [0.2, nan, 0.6])},
+        xlabel="environment steps", ylabel="return", title="bands",
+    )
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_size > 1000

@@ -29,6 +29,7 @@ def test_reproduce_smoke_writes_report(tmp_path, data_dir, experiment_workdir, c
     assert "python -m scripts.align --preset smoke --data-dir" in text
     assert "## PEMA: plug-in external memory adaptation" in text
     assert "python -m scripts.pema --preset smoke --data-dir" in text
+    assert "## TeCLE: temporally correlated latent exploration" in text
     assert "Experiments that failed" not in text
 
 

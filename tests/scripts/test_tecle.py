@@ -1,0 +1,92 @@
+"""scripts.tecle end to end at the smoke preset, and its statistics and config checks."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scripts import tecle
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, experiment_workdir):
+    root = tmp_path_factory.mktemp("tecle")
+    argv = ["--preset", "smoke", "--workdir", str(experiment_workdir), "--results-dir", str(root / "results")]
+    report = tecle.main(argv)
+    return argv, Path(report)
+
+
+def results_of(report):
+    return json.loads((Path(report).parent / "tecle" / "results.json").read_text())
+
+
+def test_report_has_claims_tables_and_bands(smoke_run):
+    _, report = smoke_run
+    text = report.read_text()
+    assert "## TeCLE: temporally correlated latent exploration" in text
+    assert "| TeCLE beats RND and ICM under Noisy TV |" in text
+    assert "| tecle β=-1 |" in text
+    assert "| tecle β=1 |" in text
+    assert "Do our numbers support the claims?" in text
+    assert "### Deviations from the paper" in text
+    assert "python -m scripts.tecle --preset smoke" in text
+    assert (report.parent / "tecle" / "MiniGrid-Empty-8x8-noisy_tv.png").stat().st_size > 1000
+
+
+def test_results_cover_every_beta_and_seed(smoke_run):
+    _, report = smoke_run
+    runs = results_of(report)["summary"]["MiniGrid-Empty-8x8"]["noisy_tv"]
+    assert sorted(runs) == ["tecle β=-1", "tecle β=1"]
+    for row in runs.values():
+        assert len(row["final_per_seed"]) == 2
+        assert len(row["curve_mean"]) == 4
+        assert row["curve_steps"][-1] == 8 * 32 * 8
+        assert 0.0 < row["tv_fraction"] < 1.0
+
+
+def test_rerun_loads_cached_runs(smoke_run):
+    argv, report = smoke_run
+    second = tecle.main(argv)
+    assert Path(second).parent != report.parent
+    assert results_of(second) == results_of(report)
+
+
+def test_window_returns_weigh_by_episode_count():
+    nan = np.nan
+    returns = np.array([[1.0, nan, 3.0, 0.0]])
+    counts = np.array([[1, 0, 3, 0]])
+    windows, edges = tecle.window_returns(returns, counts, 2)
+    np.testing.assert_array_equal(edges, [0, 2, 4])
+    # Window 1: one episode of return 1. Window 2: three episodes of mean 3, none after.
+    np.testing.assert_allclose(windows, [[1.0, 3.0]])
+    empty, _ = tecle.window_returns(np.array([[nan, nan]]), np.array([[0, 0]]), 1)
+    assert np.isnan(empty[0, 0])
+
+
+def test_confidence_interval_by_hand():
+    # Values 1, 2, 3: mean 2, sample standard deviation 1, t(0.975, 2) = 4.3027.
+    mean, half = tecle.mean_confidence(np.array([1.0, 2.0, 3.0, np.nan]))
+    assert mean == pytest.approx(2.0)
+    assert half == pytest.approx(4.302653 / np.sqrt(3), rel=1e-5)
+    _, single = tecle.mean_confidence(np.array([5.0]))
+    assert np.isnan(single)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"envs": ("Pong-MinAtar",)}, r"unknown environment 'Pong-MinAtar'"),
+    ({"betas": (0.0, 3.0)}, r"beta=3 is outside the valid range \[-2, 2\]"),
+    ({"settings": ("windy",)}, r"setting 'windy' is not valid"),
+    ({"methods": ("ngu",)}, r"method 'ngu' is not valid"),
+])
+def test_invalid_config_raises(change, match):
+    with pytest.raises(ValueError, match=match):
+        tecle.validate(dataclasses.replace(tecle.PRESETS["smoke"], **change))
+
+
+def test_indivisible_batch_raises():
+    config = tecle.PRESETS["smoke"]
+    config = dataclasses.replace(config, ppo=dataclasses.replace(config.ppo, num_minibatches=3))
+    with pytest.raises(ValueError, match=r"num_minibatches=3 does not divide the batch size"):
+        tecle.validate(config)
