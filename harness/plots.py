@@ -8,6 +8,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 
+def _save(figure, path, **savefig_options):
+    """Lay out `figure`, write it to `path` (creating folders), close it and return the path."""
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, **savefig_options)
+    plt.close(figure)
+    return path
+
+
 def line_plot(path, x, series, *, xlabel, ylabel, title, reference_lines=None, xticks=None):
     """Plot named series against shared x values and save a PNG.
 
@@ -36,11 +45,7 @@ def line_plot(path, x, series, *, xlabel, ylabel, title, reference_lines=None, x
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize="small")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def histogram(path, samples, *, bins, xlabel, title):
@@ -53,11 +58,7 @@ def histogram(path, samples, *, bins, xlabel, title):
     axes.set_ylabel("density")
     axes.set_title(title)
     axes.legend(fontsize="small")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def histogram_from_counts(path, edges, counts, *, xlabel, title):
@@ -73,11 +74,7 @@ def histogram_from_counts(path, edges, counts, *, xlabel, title):
     axes.set_ylabel("density")
     axes.set_title(title)
     axes.legend(fontsize="small")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def curves_plot(path, curves, *, xlabel, ylabel, title, reference_lines=None):
@@ -103,11 +100,7 @@ def curves_plot(path, curves, *, xlabel, ylabel, title, reference_lines=None):
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize="small")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def bar_plot(path, categories, series, *, ylabel, title, reference_lines=None):
@@ -139,11 +132,7 @@ def bar_plot(path, categories, series, *, ylabel, title, reference_lines=None):
     axes.grid(True, axis="y", alpha=0.3)
     # The legend sits right of the axes, so it never covers a bar.
     axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    return _save(figure, path, bbox_inches="tight")
 
 
 def band_plot(path, curves, *, xlabel, ylabel, title):
@@ -169,8 +158,4 @@ def band_plot(path, curves, *, xlabel, ylabel, title):
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize="small")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
