@@ -44,9 +44,9 @@ def shard_batch(mesh, *arrays):
                 f"devices; choose a batch size that is a multiple of {devices}."
             )
     sharding = batch_sharded(mesh)
-    # Every process holds the same global batch (it is a pure function of seed and
-    # step); the callback hands each process only the rows of its own devices, which
-    # also works when the mesh spans several hosts.
+    # Every process computes the same global batch, because it is a pure function of
+    # seed and step. The callback gives each process only the rows of its own devices,
+    # so this also works when the mesh spans several hosts.
     placed = tuple(
         jax.make_array_from_callback(a.shape, sharding, lambda index, a=a: a[index]) for a in map(np.asarray, arrays)
     )

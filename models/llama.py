@@ -211,12 +211,12 @@ class RMSNorm(nn.Module):
 
 
 def default_dense(features, *, name=None):
-    """The projection layer of a pretrained Llama: no bias, kernel [in, out]."""
+    """Build the projection layer of a pretrained Llama: no bias, kernel [in, out]."""
     return nn.Dense(features, use_bias=False, kernel_init=nn.initializers.normal(0.02), name=name)
 
 
 def default_dot_general(lhs, rhs, dimension_numbers):
-    """`lax.dot_general` at full float32 precision, the default product of the tied head."""
+    """Compute `lax.dot_general` at full float32 precision, the default of the tied head."""
     return lax.dot_general(lhs, rhs, dimension_numbers, precision=lax.Precision.HIGHEST)
 
 

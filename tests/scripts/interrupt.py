@@ -1,6 +1,6 @@
 """Kill a script with SIGKILL part-way through, restart it with the same command, compare.
 
-The kill point is the moment the work folder first holds `files` files: each script
+The kill point is the moment the work folder first contains `files` files. Each script
 test draws that number from a generator seeded by the script's name, so the point
 differs between scripts but a failure reproduces.
 """
@@ -28,7 +28,7 @@ def _count_files(folder):
 
 
 def kill_then_restart(module, argv, workdir, *, files, timeout=600):
-    """Run `python -m module argv`, SIGKILL it once `workdir` holds `files` files, rerun it.
+    """Run `python -m module argv`, SIGKILL it once `workdir` contains `files` files, rerun it.
 
     Returns:
       (path of the restarted run's report, its stderr).

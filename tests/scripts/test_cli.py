@@ -42,7 +42,8 @@ def run_main(module, argv, capsys):
 def test_bad_option_exits_2_with_one_line(module, args, message, capsys, tmp_path):
     code, stderr = run_main(module, ["--results-dir", str(tmp_path), *args], capsys)
     assert code == 2
-    assert stderr[-1].startswith("error: ") and message in stderr[-1], stderr
+    assert stderr[-1].startswith("error: "), stderr
+    assert message in stderr[-1], stderr
     assert not any(line.startswith(("Traceback", "\u256d", "\u2502")) for line in stderr), stderr
 
 
@@ -62,4 +63,5 @@ def test_missing_data_exits_2_with_one_line(module, capsys, tmp_path, monkeypatc
         return
     assert code == 2
     expected = MISSING.get(module, "does not contain cifar10/")
-    assert stderr[-1].startswith("error: ") and expected in stderr[-1], stderr
+    assert stderr[-1].startswith("error: "), stderr
+    assert expected in stderr[-1], stderr
