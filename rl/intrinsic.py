@@ -22,7 +22,8 @@ k = 0 columns. Observations arrive normalised by the caller.
   coloured noise in its reparameterisation. With noise_axis="time" the noise of each
   environment and latent dimension is correlated along the rollout's time axis; with
   "latent" it is correlated along the latent axis of each transition, as the authors'
-  public code draws it.
+  public code draws it. The axis, like beta, is a value of the state (`frozen`), so
+  one compiled program can sweep both.
 
 Deviations of TeCLE from the authors' code: the reward is the squared error between
 the reconstruction and sigmoid(features), the target the CVAE is trained on, where their
@@ -84,6 +85,8 @@ class IntrinsicConfig:
     """TeCLE CVAE decoder MLP widths before the output layer."""
     kl_weight: float = 1.0
     """TeCLE weight of the KL divergence per transition."""
+    update_proportion: float = 1.0
+    """Fraction of each PPO minibatch the module trains on (RND's PyTorch code uses 0.25)."""
 
 
 def validate(config):
@@ -95,6 +98,9 @@ def validate(config):
     check_beta(config.beta)
     if config.conv_layers < 0:
         raise ValueError(f"conv_layers={config.conv_layers} must be 0 or more.")
+    if not 0.0 < config.update_proportion <= 1.0:
+        raise ValueError(f"update_proportion={config.update_proportion} is outside (0, 1]; "
+                         "1 trains the module on every transition of a minibatch.")
 
 
 class Transitions(NamedTuple):
@@ -109,7 +115,7 @@ class IntrinsicState(NamedTuple):
     """Trained parameters, values the update leaves alone, and the optimizer state."""
 
     params: Any
-    frozen: Any  # RND's target network; TeCLE's beta as a float32 scalar
+    frozen: Any  # RND's target network; TeCLE's beta (float32) and latent_axis (bool) scalars
     opt_state: Any
 
 
@@ -247,6 +253,19 @@ def make_icm(config, num_actions):
 # TeCLE
 
 
+def draw_noise(key, beta, latent_axis, shape):
+    """Unit-variance 1/f^beta noise [time, envs, latent], correlated along time or latent.
+
+    `beta` and `latent_axis` (a bool) may be traced. Both colourings are drawn and one
+    is selected; the arrays are a few thousand numbers, so the unused draw costs little
+    next to the networks.
+    """
+    time_key, latent_key = jax.random.split(key)
+    along_time = powerlaw_noise(time_key, beta, shape, axis=0)
+    along_latent = powerlaw_noise(latent_key, beta, shape, axis=-1)
+    return jnp.where(latent_axis, along_latent, along_time)
+
+
 def make_tecle(config, num_actions):
     """Return TeCLE: reward = squared reconstruction error of the CVAE under coloured noise."""
     inverse = networks.InverseDynamics(num_actions, config.channels, config.conv_layers, config.hidden)
@@ -256,18 +275,21 @@ def make_tecle(config, num_actions):
         head_hidden=config.head_hidden, decoder_hidden=config.decoder_hidden,
     )
     tx = _optimizer(config)
-    noise_axis = 0 if config.noise_axis == "time" else -1
 
-    def reconstruct(params, transitions, eps):
+    def reconstruct(params, next_features, action, eps):
         # The CVAE models the features; its loss does not shape them.
-        features = jax.lax.stop_gradient(inverse.apply(params["inverse"], transitions.next_obs, method="features"))
-        logits, mean, logvar = cvae.apply(params["cvae"], features, transitions.action, eps)
-        return logits, jax.nn.sigmoid(features), mean, logvar
+        next_features = jax.lax.stop_gradient(next_features)
+        logits, mean, logvar = cvae.apply(params["cvae"], next_features, action, eps)
+        return logits, jax.nn.sigmoid(next_features), mean, logvar
 
     def loss_fn(params, transitions, eps):
-        action_logits = inverse.apply(params["inverse"], transitions.obs, transitions.next_obs)
+        # The features of s_t+1 feed both the inverse model and the CVAE, so the
+        # convolutional body runs once per observation.
+        features = inverse.apply(params["inverse"], transitions.obs, method="features")
+        next_features = inverse.apply(params["inverse"], transitions.next_obs, method="features")
+        action_logits = inverse.apply(params["inverse"], features, next_features, method="predict_action")
         inverse_loss = optax.softmax_cross_entropy_with_integer_labels(action_logits, transitions.action).mean()
-        logits, target, mean, logvar = reconstruct(params, transitions, eps)
+        logits, target, mean, logvar = reconstruct(params, next_features, transitions.action, eps)
         batch = logits.shape[0]
         reconstruction = optax.sigmoid_binary_cross_entropy(logits, target).reshape(batch, -1).mean(axis=1).mean()
         kl = (-0.5 * jnp.sum(1 + logvar - jnp.exp(logvar) - mean**2, axis=-1)).mean()
@@ -282,13 +304,15 @@ def make_tecle(config, num_actions):
         features = inverse.apply(inverse_params, example, method="features")
         cvae_params = cvae.init(cvae_key, features, jnp.zeros((1,), jnp.int32), jnp.zeros((1, config.latent)))
         params = {"inverse": inverse_params, "cvae": cvae_params}
-        frozen = {"beta": jnp.float32(config.beta)}
+        frozen = {"beta": jnp.float32(config.beta), "latent_axis": jnp.bool_(config.noise_axis == "latent")}
         return IntrinsicState(params=params, frozen=frozen, opt_state=tx.init(params))
 
     def reward(state, transitions, key):
         time, envs = transitions.action.shape
-        eps = powerlaw_noise(key, state.frozen["beta"], (time, envs, config.latent), axis=noise_axis)
-        logits, target, _, _ = reconstruct(state.params, _flat(transitions), eps.reshape(time * envs, -1))
+        eps = draw_noise(key, state.frozen["beta"], state.frozen["latent_axis"], (time, envs, config.latent))
+        flat = _flat(transitions)
+        next_features = inverse.apply(state.params["inverse"], flat.next_obs, method="features")
+        logits, target, _, _ = reconstruct(state.params, next_features, flat.action, eps.reshape(time * envs, -1))
         errors = (jax.nn.sigmoid(logits) - target) ** 2
         rewards = errors.reshape(time * envs, -1).mean(axis=1).reshape(time, envs)
         return rewards, eps

@@ -177,8 +177,9 @@ class ICMNetwork(nn.Module):
 class InverseDynamics(nn.Module):
     """TeCLE's feature network: a convolutional body trained to predict a_t from (s_t, s_t+1).
 
-    `features` returns the body's output [batch, height, width, channels]; calling the
-    module returns the action logits.
+    `features` returns the body's output [batch, height, width, channels];
+    `predict_action` maps the features of both observations to action logits
+    [batch, actions], and calling the module does both.
     """
 
     num_actions: int
@@ -193,9 +194,11 @@ class InverseDynamics(nn.Module):
     def features(self, obs):
         return self.body(obs)
 
+    def predict_action(self, features, next_features):
+        return self.head(jnp.concatenate([flatten(features), flatten(next_features)], axis=-1))
+
     def __call__(self, obs, next_obs):
-        joined = jnp.concatenate([flatten(self.body(obs)), flatten(self.body(next_obs))], axis=-1)
-        return self.head(joined)
+        return self.predict_action(self.body(obs), self.body(next_obs))
 
 
 class CVAE(nn.Module):

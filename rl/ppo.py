@@ -17,7 +17,9 @@ One iteration:
    non-episodic: its return flows across episode ends into the next episode.
    The policy's advantage is ext_coef * A_ext + int_coef * A_int.
 5. `update_epochs` passes over shuffled minibatches, each a clipped PPO step of the
-   agent and one update step of the intrinsic module.
+   agent and one update step of the intrinsic module on the minibatch's first
+   `intrinsic.update_proportion` part, a uniform random subset since the rows are
+   shuffled.
 
 Metrics per iteration (arrays [num_updates]): "episode_return" is the mean return of
 the episodes that ended during the rollout, NaN when none ended ("episodes" counts
@@ -223,15 +225,22 @@ def build(config, progress=None):
     )
 
 
-def init_runner(setup, key, beta):
-    """Reset the environments and initialise the networks; `beta` overrides TeCLE's."""
+def init_runner(setup, key, beta, latent_axis=None):
+    """Reset the environments and initialise the networks.
+
+    `beta` and `latent_axis` (a bool; None keeps the config's axis) override TeCLE's
+    noise settings and may be traced.
+    """
     config = setup.config
     policy_key, intrinsic_key, env_key = jax.random.split(key, 3)
     example = jnp.zeros((1,) + setup.obs_shape, jnp.float32)
     params = setup.network.init(policy_key, example)
     intrinsic_state = setup.intrinsic.init(intrinsic_key, setup.obs_shape)
     if "beta" in intrinsic_state.frozen:
-        intrinsic_state = intrinsic_state._replace(frozen={**intrinsic_state.frozen, "beta": jnp.float32(beta)})
+        frozen = {**intrinsic_state.frozen, "beta": jnp.float32(beta)}
+        if latent_axis is not None:
+            frozen["latent_axis"] = jnp.asarray(latent_axis, jnp.bool_)
+        intrinsic_state = intrinsic_state._replace(frozen=frozen)
     reset = jax.vmap(setup.env.reset, in_axes=(0, None))
     obs, env_state = reset(jax.random.split(env_key, config.num_envs), setup.env_params)
     return RunnerState(
@@ -374,8 +383,16 @@ def minibatch_update(setup, carry, batch):
     grads, metrics = jax.grad(lambda p: ppo_loss(setup, p, batch), has_aux=True)(policy.params)
     updates, opt_state = setup.tx.update(grads, policy.opt_state, policy.params)
     policy = PolicyState(optax.apply_updates(policy.params, updates), opt_state)
-    intrinsic_state, intrinsic_metrics = setup.intrinsic.update(intrinsic_state, batch.transitions, batch.noise)
+    # The rows are in shuffled order, so the first `kept` are a uniform random subset.
+    kept = intrinsic_rows(setup.config, batch.action.shape[0])
+    intrinsic_state, intrinsic_metrics = setup.intrinsic.update(
+        intrinsic_state, jax.tree.map(lambda x: x[:kept], batch.transitions), batch.noise[:kept])
     return (policy, intrinsic_state), {**metrics, **intrinsic_metrics}
+
+
+def intrinsic_rows(config, minibatch):
+    """Rows of a minibatch the intrinsic module trains on: the proportion, at least one."""
+    return max(1, round(config.intrinsic.update_proportion * minibatch))
 
 
 def update_epoch(setup, carry, batch):
@@ -468,10 +485,10 @@ def report_progress(setup, index, metrics):
                  lambda: None)
 
 
-def run_training(setup, key, beta):
+def run_training(setup, key, beta, latent_axis=None):
     """Train from `key`; returns (final RunnerState, metrics [num_updates] per name)."""
     init_key, loop_key = jax.random.split(key)
-    runner = init_runner(setup, init_key, beta)
+    runner = init_runner(setup, init_key, beta, latent_axis)
     updates = num_updates(setup.config)
 
     def body(carry, index):
@@ -516,5 +533,20 @@ def make_train_over_beta(config, *, progress=None):
 
     def train(key, beta):
         return run_training(setup, key, beta)
+
+    return train
+
+
+def make_train_over_noise(config, *, progress=None):
+    """Return `train(key, beta, latent_axis)`: TeCLE's beta and noise axis both traced.
+
+    `latent_axis` is a bool scalar: True correlates the noise along the latent axis,
+    False along time. One compilation serves a sweep over both (vmap over the
+    arguments); check each beta with `rl.noise.check_beta` first.
+    """
+    setup = build(config, progress)
+
+    def train(key, beta, latent_axis):
+        return run_training(setup, key, beta, latent_axis)
 
     return train

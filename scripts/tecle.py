@@ -3,8 +3,13 @@
 Every method trains a PPO agent with two value heads (`rl.ppo`) on each environment in
 three settings: plain, Noisy TV (one action fills the next observation with uniform
 noise) and sticky actions (p = 0.25). All seeds of one (method, environment, setting)
-train in one vmapped program; TeCLE's noise exponents beta are vmapped too, so one
-compilation covers every beta and seed. Every method uses the same seed keys.
+train in one vmapped program; TeCLE's noise exponents beta and its noise axis are
+vmapped too, so one compilation covers every TeCLE variant and seed. Every method uses
+the same seed keys.
+
+TeCLE runs with its noise correlated along time (the method as named, labelled
+"tecle β=...") and, for `latent_axis_betas`, along the latent axis as the authors'
+public code draws it ("tecle-latent β=..."); the report compares the two at each beta.
 
 Reported per (method, environment, setting): the learning curve of the extrinsic
 episode return (mean over seeds with a 95% Student-t confidence band), the final return
@@ -19,8 +24,9 @@ environment.
 
 Deviations from the paper:
 - MinAtar games (gymnax) stand in for Atari, and MiniGrid comes from xminigrid.
-- The `small` preset trains far shorter than the paper (see PRESETS) and with networks
-  narrower than the authors', so that it runs on a 2-core CPU.
+- The `small` preset trains far shorter than the paper (see PRESETS), with networks
+  narrower than the authors', an MLP agent on MinAtar, and intrinsic modules that
+  train on a random quarter of each minibatch, so that it runs on a 2-core CPU.
 - The `paper` preset's step counts are our choice, not checked against the paper.
 - See `rl.intrinsic` for how our TeCLE differs from the authors' code, and
   `rl.ppo` for the PPO details.
@@ -45,6 +51,7 @@ from harness import plots
 from harness import report as report_lib
 from rl import envs as envs_lib
 from rl import intrinsic as intrinsic_lib
+from rl import networks
 from rl import ppo as ppo_lib
 from rl.noise import check_beta
 from scripts import common
@@ -85,7 +92,11 @@ class Config:
     methods: tuple[str, ...] = METHODS
     """Methods: ppo (no intrinsic reward), rnd, icm, tecle."""
     betas: tuple[float, ...] = (-1.0, 0.0, 0.5, 1.0, 2.0)
-    """TeCLE noise exponents, each in [-2, 2]."""
+    """TeCLE noise exponents, each in [-2, 2], with the noise correlated along time."""
+    latent_axis_betas: tuple[float, ...] = (-1.0, 0.5, 1.0, 2.0)
+    """TeCLE exponents also run with the noise correlated along the latent axis (white noise, beta 0, is the same on both axes)."""
+    minatar_torso: str = "cnn"
+    """Agent torso on MinAtar: cnn or mlp (MiniGrid always uses mlp)."""
     minigrid_timesteps: int = 5_000_000
     """Environment steps per MiniGrid run."""
     minatar_timesteps: int = 10_000_000
@@ -99,6 +110,7 @@ class Config:
 _TINY_INTRINSIC = intrinsic_lib.IntrinsicConfig(
     channels=8, conv_layers=1, hidden=32, features=16, latent=8, condition=4,
     encoder_channels=(8,), encoder_hidden=(32,), head_hidden=16, decoder_hidden=(32,),
+    update_proportion=0.25,
 )
 
 PRESETS = {
@@ -106,7 +118,7 @@ PRESETS = {
     # finishes some episodes; seconds of training.
     "smoke": Config(
         preset="smoke", seeds=2, envs=("MiniGrid-Empty-8x8",), settings=("noisy_tv",),
-        methods=("tecle",), betas=(-1.0, 1.0), minigrid_timesteps=8 * 32 * 8,
+        methods=("tecle",), betas=(-1.0, 1.0), latent_axis_betas=(1.0,), minigrid_timesteps=8 * 32 * 8,
         ppo=ppo_lib.PPOConfig(num_envs=8, num_steps=32, num_minibatches=2, update_epochs=1, hidden=16,
                           intrinsic=dataclasses.replace(_TINY_INTRINSIC, latent=4)),
         curve_points=4,
@@ -117,7 +129,7 @@ PRESETS = {
     # estimated 90 minutes. Each run trains 30 updates.
     "small": Config(
         preset="small", seeds=5, envs=("MiniGrid-DoorKey-5x5", "Breakout-MinAtar", "SpaceInvaders-MinAtar"),
-        minigrid_timesteps=16 * 64 * 30, minatar_timesteps=16 * 64 * 30,
+        minigrid_timesteps=16 * 64 * 30, minatar_timesteps=16 * 64 * 30, minatar_torso="mlp",
         ppo=ppo_lib.PPOConfig(num_envs=16, num_steps=64, num_minibatches=4, update_epochs=2, hidden=64,
                               learning_rate=1e-3, intrinsic=_TINY_INTRINSIC),
         curve_points=10,
@@ -136,8 +148,10 @@ def validate(config):
     for method in config.methods:
         if method not in METHODS:
             raise ValueError(f"method {method!r} is not valid; choose from {METHODS}.")
-    for beta in config.betas:
+    for beta in config.betas + config.latent_axis_betas:
         check_beta(beta)
+    if config.minatar_torso not in networks.TORSOS:
+        raise ValueError(f"minatar_torso={config.minatar_torso!r} is not valid; choose one of {networks.TORSOS}.")
     if "tecle" in config.methods and not config.betas:
         raise ValueError("betas is empty; give at least one TeCLE noise exponent.")
     if config.seeds < 1:
@@ -156,16 +170,22 @@ def run_config(config, method, env, setting):
     intrinsic = dataclasses.replace(config.ppo.intrinsic, method="none" if method == "ppo" else method)
     return dataclasses.replace(
         config.ppo, env=env, total_timesteps=timesteps, intrinsic=intrinsic,
-        torso="mlp" if env in envs_lib.MINIGRID else "cnn",
+        torso="mlp" if env in envs_lib.MINIGRID else config.minatar_torso,
         int_coef=0.0 if method == "ppo" else config.ppo.int_coef,
         **{"noisy_tv": None, "sticky_p": 0.0, **SETTINGS[setting]},
     )
 
 
+def tecle_variants(config):
+    """(label, beta, latent_axis) of every TeCLE run: the time axis first, then the latent axis."""
+    return ([(f"tecle β={beta:g}", beta, False) for beta in config.betas]
+            + [(f"tecle-latent β={beta:g}", beta, True) for beta in config.latent_axis_betas])
+
+
 def method_labels(config, method):
-    """Curve names of a method: one per beta for TeCLE."""
+    """Curve names of a method: one per TeCLE variant (beta and noise axis)."""
     if method == "tecle":
-        return [f"tecle β={beta:g}" for beta in config.betas]
+        return [label for label, _, _ in tecle_variants(config)]
     return [method]
 
 
@@ -179,10 +199,11 @@ def train_runs(config, method, env, setting):
     keys = jax.random.split(jax.random.key(config.seed), config.seeds)
     started = time.perf_counter()
     if method == "tecle":
-        train = ppo_lib.make_train_over_beta(run)
-        over_seeds = jax.vmap(train, in_axes=(0, None))
-        program = jax.jit(jax.vmap(over_seeds, in_axes=(None, 0)))
-        _, metrics = program(keys, jnp.asarray(config.betas, jnp.float32))
+        _, betas, latent_axes = zip(*tecle_variants(config))
+        train = ppo_lib.make_train_over_noise(run)
+        over_seeds = jax.vmap(train, in_axes=(0, None, None))
+        program = jax.jit(jax.vmap(over_seeds, in_axes=(None, 0, 0)))
+        _, metrics = program(keys, jnp.asarray(betas, jnp.float32), jnp.asarray(latent_axes, jnp.bool_))
     else:
         _, metrics = jax.jit(jax.vmap(ppo_lib.make_train(run)))(keys)
         metrics = jax.tree.map(lambda x: x[None], metrics)
@@ -339,8 +360,12 @@ def _separated(first, second):
 
 
 def _claims(config, summary):
-    """Return (comparison table, paragraph) on robustness and on the best beta."""
-    tecle_labels = method_labels(config, "tecle") if "tecle" in config.methods else []
+    """Return (comparison table, paragraph) on robustness and on the best beta.
+
+    TeCLE enters with its noise along time, the method as named; `_axis_comparison`
+    covers the latent-axis variant.
+    """
+    tecle_labels = [f"tecle β={beta:g}" for beta in config.betas] if "tecle" in config.methods else []
     baselines = [m for m in ("rnd", "icm", "ppo") if m in config.methods]
     rows, sentences = [], []
     for setting in (s for s in ("noisy_tv", "sticky") if s in config.settings):
@@ -384,19 +409,53 @@ def _claims(config, summary):
     return table, paragraph
 
 
+def _axis_comparison(config, summary):
+    """Return (table, sentence) comparing TeCLE's noise along time and along the latent axis.
+
+    One row per (environment, setting, beta) that ran on both axes.
+    """
+    if "tecle" not in config.methods:
+        return None, ""
+    shared = [beta for beta in config.latent_axis_betas if beta in config.betas]
+    rows, verdicts = [], []
+    for env in config.envs:
+        for setting in config.settings:
+            for beta in shared:
+                along_time = summary[env][setting][f"tecle β={beta:g}"]["final"]
+                along_latent = summary[env][setting][f"tecle-latent β={beta:g}"]["final"]
+                verdict = ("time above" if _separated(along_time, along_latent) else
+                           "latent above" if _separated(along_latent, along_time) else "not separated")
+                verdicts.append(verdict)
+                rows.append([env, setting, f"{beta:g}", _cell(along_time), _cell(along_latent), verdict])
+    if not rows:
+        return None, ""
+    table = report_lib.markdown_table(
+        ["environment", "setting", "beta", "noise along time", "noise along latent", "95% intervals"], rows)
+    sentence = (
+        f"Noise along time against along the latent axis, over {len(rows)} (environment, setting, beta) "
+        f"cells: time above in {verdicts.count('time above')}, latent above in "
+        f"{verdicts.count('latent above')}, not separated in {verdicts.count('not separated')}."
+    )
+    return table, sentence
+
+
 def build_section(config, summary, timings, run_dir):
     """Build the report section: claims beside our numbers, tables per environment, plots."""
     comparison, paragraph = _claims(config, summary)
+    axis_table, axis_sentence = _axis_comparison(config, summary)
     tables = {f"{env}: final return (mean ± 95% CI over {config.seeds} seeds)": _final_table(config, summary, env)
               for env in config.envs}
+    if axis_table is not None:
+        tables["TeCLE noise along time against along the latent axis (final return, mean ± 95% CI)"] = axis_table
     plot_paths = [(f"{env}, {setting}: episode return", _plot(config, summary, env, setting, run_dir))
                   for env in config.envs for setting in config.settings]
     total_steps = sum(t["env_steps"] for t in timings.values())
     text = "\n".join([
         f"PPO with {', '.join(config.methods)} on {', '.join(config.envs)}, each "
         f"{', '.join(config.settings)}, {config.seeds} seeds vmapped per program; TeCLE with beta in "
-        f"{{{', '.join(f'{b:g}' for b in config.betas)}}}, noise correlated along "
-        f"{config.ppo.intrinsic.noise_axis}. {config.minigrid_timesteps:,} environment steps per MiniGrid "
+        f"{{{', '.join(f'{b:g}' for b in config.betas)}}} and noise correlated along time, and with beta in "
+        f"{{{', '.join(f'{b:g}' for b in config.latent_axis_betas)}}} along the latent axis. "
+        f"{config.minigrid_timesteps:,} environment steps per MiniGrid "
         f"run and {config.minatar_timesteps:,} per MinAtar run; {total_steps:,} steps in all, "
         f"{sum(t['seconds'] for t in timings.values()):.0f} s of training and compilation "
         "(cached triples count the time of their first run).",
@@ -406,12 +465,17 @@ def build_section(config, summary, timings, run_dir):
         "chose the TV action over that tenth.",
         "",
         paragraph,
+        "",
+        axis_sentence,
     ])
     deviations = [
         "MinAtar games (gymnax) stand in for Atari; MiniGrid comes from xminigrid, whose DoorKey "
         "matches MiniGrid's layout and reward.",
-        f"Networks: agent width {config.ppo.hidden}; intrinsic modules with {config.ppo.intrinsic.channels} "
-        f"channels, {config.ppo.intrinsic.conv_layers} convolution(s), latent {config.ppo.intrinsic.latent}.",
+        f"Networks: agent width {config.ppo.hidden}, {config.minatar_torso} torso on MinAtar; intrinsic "
+        f"modules with {config.ppo.intrinsic.channels} channels, {config.ppo.intrinsic.conv_layers} "
+        f"convolution(s), latent {config.ppo.intrinsic.latent}.",
+        f"The intrinsic modules train on a random {config.ppo.intrinsic.update_proportion:.0%} of each PPO "
+        "minibatch (the rows of a shuffled minibatch, so a uniform subset).",
         "TeCLE's reward and loss follow rl.intrinsic, which lists how they differ from the authors' code.",
         "The paper preset's step counts are our choice, not checked against the paper.",
     ]

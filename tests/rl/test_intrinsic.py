@@ -138,8 +138,23 @@ def test_tecle_beta_is_a_state_value():
     assert lag_one_correlation(noise, axis=0) > 0.8
 
 
+def test_tecle_noise_axis_is_a_state_value():
+    # `rl.ppo.make_train_over_noise` sweeps the axis by overriding the frozen flag.
+    config = dataclasses.replace(TINY, method="tecle", latent=64, beta=2.0, noise_axis="time")
+    module = intrinsic.make(config, ACTIONS)
+    init_key, data_key, reward_key = jax.random.split(jax.random.key(3), 3)
+    state = module.init(init_key, OBS_SHAPE)
+    assert not bool(state.frozen["latent_axis"])
+    latent = state._replace(frozen={**state.frozen, "latent_axis": jnp.bool_(True)})
+    _, noise = module.reward(latent, make_transitions(data_key, time=64, envs=8), reward_key)
+    assert lag_one_correlation(noise, axis=2) > 0.8
+    assert abs(lag_one_correlation(noise, axis=0)) < 0.1
+
+
 @pytest.mark.parametrize("field, value, match", [
     ("method", "ngu", r"intrinsic method='ngu' is not valid"),
+    ("update_proportion", 0.0, r"update_proportion=0.0 is outside \(0, 1\]"),
+    ("update_proportion", 1.5, r"update_proportion=1.5 is outside \(0, 1\]"),
     ("noise_axis", "space", r"noise_axis='space' is not valid"),
     ("beta", 2.5, r"beta=2.5 is outside the valid range \[-2, 2\]"),
     ("beta", -3.0, r"beta=-3 is outside the valid range \[-2, 2\]"),

@@ -64,6 +64,37 @@ def test_tecle_runs_with_noisy_tv_and_counts_tv():
     np.testing.assert_array_equal(metrics["env_steps"], [16 * 64, 2 * 16 * 64])
 
 
+def test_intrinsic_update_sees_its_proportion_of_each_minibatch():
+    # 16 x 64 steps in 4 minibatches of 256 rows: a quarter is 64 rows, never fewer than 1.
+    config = dataclasses.replace(LEARNING, intrinsic=dataclasses.replace(TINY_INTRINSIC, update_proportion=0.25))
+    assert ppo.intrinsic_rows(config, 256) == 64
+    tiny = dataclasses.replace(config, intrinsic=dataclasses.replace(TINY_INTRINSIC, update_proportion=0.001))
+    assert ppo.intrinsic_rows(tiny, 256) == 1
+
+    seen = []
+    setup = ppo.build(dataclasses.replace(config, intrinsic=dataclasses.replace(
+        config.intrinsic, method="rnd")))
+    recording = setup.intrinsic._replace(
+        update=lambda state, transitions, noise: (seen.append(transitions.action.shape) or state, {}))
+    setup = dataclasses.replace(setup, intrinsic=recording)
+    runner = ppo.init_runner(setup, jax.random.key(0), 0.0)
+    jax.eval_shape(lambda r, k: ppo.train_iteration(setup, r, k), runner, jax.random.key(1))
+    assert seen == [(64,)]
+
+
+def test_tecle_noise_axis_sweeps_in_one_program():
+    config = dataclasses.replace(
+        LEARNING, env="MiniGrid-Empty-8x8",
+        total_timesteps=16 * 64, int_coef=1.0,
+        intrinsic=dataclasses.replace(TINY_INTRINSIC, method="tecle", beta=2.0))
+    train = jax.jit(jax.vmap(ppo.make_train_over_noise(config), in_axes=(None, None, 0)))
+    runner, metrics = train(jax.random.key(0), jnp.float32(2.0), jnp.array([False, True]))
+    np.testing.assert_array_equal(runner.intrinsic.frozen["latent_axis"], [False, True])
+    # The same key and beta with the other axis draws other noise, so other rewards.
+    rewards = np.asarray(metrics["intrinsic_reward"])
+    assert rewards[0, 0] != rewards[1, 0]
+
+
 def test_advantages_bootstrap_from_final_observation_on_truncation():
     # The rollout's extrinsic next values come from `next_obs`, the observation before the
     # automatic reset: a truncated step with a non-zero final value must bootstrap it.

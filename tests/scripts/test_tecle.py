@@ -32,13 +32,15 @@ def test_report_has_claims_tables_and_bands(smoke_run):
     assert "Do our numbers support the claims?" in text
     assert "### Deviations from the paper" in text
     assert "python -m scripts.tecle --preset smoke" in text
+    assert "| MiniGrid-Empty-8x8 | noisy_tv | 1 |" in text
+    assert "Noise along time against along the latent axis, over 1 (environment, setting, beta) cells" in text
     assert (report.parent / "tecle" / "MiniGrid-Empty-8x8-noisy_tv.png").stat().st_size > 1000
 
 
 def test_results_cover_every_beta_and_seed(smoke_run):
     _, report = smoke_run
     runs = results_of(report)["summary"]["MiniGrid-Empty-8x8"]["noisy_tv"]
-    assert sorted(runs) == ["tecle β=-1", "tecle β=1"]
+    assert sorted(runs) == ["tecle β=-1", "tecle β=1", "tecle-latent β=1"]
     for row in runs.values():
         assert len(row["final_per_seed"]) == 2
         assert len(row["curve_mean"]) == 4
@@ -83,6 +85,13 @@ def test_confidence_interval_by_hand():
 def test_invalid_config_raises(change, match):
     with pytest.raises(ValueError, match=match):
         tecle.validate(dataclasses.replace(tecle.PRESETS["smoke"], **change))
+
+
+def test_latent_axis_noise_differs_from_time_axis(smoke_run):
+    _, report = smoke_run
+    runs = results_of(report)["summary"]["MiniGrid-Empty-8x8"]["noisy_tv"]
+    # Same seeds and beta, other noise axis: the runs must not be copies of each other.
+    assert runs["tecle β=1"]["final_per_seed"] != runs["tecle-latent β=1"]["final_per_seed"]
 
 
 def test_indivisible_batch_raises():
