@@ -195,6 +195,10 @@ def train_stage(loss_fn, trainable, frozen, train_arrays, validation_arrays, con
 
     Returns:
       StageResult with the trainable params of the epoch of lowest validation loss.
+
+    Raises:
+      FloatingPointError: a training loss was NaN or infinite. The error names the first
+        such step, counted from 1 over the whole stage.
     """
     optimizer = optax.adam(config.learning_rate)
 
@@ -223,7 +227,8 @@ def train_stage(loss_fn, trainable, frozen, train_arrays, validation_arrays, con
             params, opt_state, loss = step(params, opt_state, batch, key)
             losses.append(loss)
             steps += 1
-        train_loss = float(np.mean(jax.device_get(losses)))
+        losses = np.asarray(jax.device_get(losses))
+        train_loss = float(np.mean(losses))
         seconds = time.perf_counter() - started
         if epoch > 1:  # the first epoch includes compilation
             step_seconds += seconds
@@ -232,8 +237,12 @@ def train_stage(loss_fn, trainable, frozen, train_arrays, validation_arrays, con
                         "seconds": seconds})
         logger.info("%s epoch %d: train loss %.4f, validation loss %.4f (%.1f s)", name, epoch, train_loss,
                     validation, seconds)
-        if not np.isfinite(train_loss):
-            raise FloatingPointError(f"{name}: training loss {train_loss} in epoch {epoch}; lower the learning rate.")
+        if not np.all(np.isfinite(losses)):
+            first = int(np.flatnonzero(~np.isfinite(losses))[0])
+            raise FloatingPointError(
+                f"{name}: the training loss became {losses[first]} at step {steps - len(losses) + first + 1} "
+                f"(epoch {epoch}). Lower the learning rate."
+            )
         if validation < best[0]:
             best = (validation, params, epoch)
         elif epoch - best[2] >= config.patience:
@@ -424,6 +433,13 @@ def _write_npz_atomic(path, **arrays):
     os.replace(temporary, path)
 
 
+def _write_json_atomic(path, value):
+    # A process killed mid-write leaves the old file or none, never a truncated one.
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(value))
+    os.replace(temporary, path)
+
+
 def _hidden_of_batch(hidden_fn, batch, pad_multiple):
     """Right-pad a batch of token lists to a multiple of `pad_multiple`; return hidden [b, L, d]."""
     longest = max(len(tokens) for tokens, _, _ in batch)
@@ -467,7 +483,7 @@ def build_memory(hidden_fn, examples, directory, *, chunk_examples=256, batch_si
     if index["fingerprint"] != fingerprint:
         raise ValueError(f"{directory} contains a memory of other examples (fingerprint {index['fingerprint']}, "
                          f"expected {fingerprint}); use an empty folder.")
-    index_path.write_text(json.dumps(index))
+    _write_json_atomic(index_path, index)
     chunks = [examples[i : i + chunk_examples] for i in range(0, len(examples), chunk_examples)]
     started = time.perf_counter()
     for number, chunk in enumerate(chunks):
@@ -488,7 +504,7 @@ def build_memory(hidden_fn, examples, directory, *, chunk_examples=256, batch_si
     memory = load_memory(directory, require_complete=False)
     index["entries"] = int(memory.tokens.shape[0])
     index["chunks"] = len(chunks)
-    index_path.write_text(json.dumps(index))
+    _write_json_atomic(index_path, index)
     return memory
 
 

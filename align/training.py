@@ -154,7 +154,8 @@ def fit(model, images, targets, options, *, loss, prepare, checkpoint_dir=None, 
 
     Raises:
       ValueError: images and targets disagree in length, or the targets are not [N, C].
-      FloatingPointError: the loss became NaN or infinite.
+      FloatingPointError: the loss became NaN or infinite. The error names the step, and
+        the checkpoints saved before that step are kept.
     """
     images, targets = np.asarray(images), np.asarray(targets, np.float32)
     if targets.ndim != 2 or len(targets) != len(images):
@@ -187,10 +188,18 @@ def fit(model, images, targets, options, *, loss, prepare, checkpoint_dir=None, 
             state, value = train_step(state, device_images, device_targets, row, step_key)
             values.append(value)
         values = np.asarray(jax.device_get(values))
+        # Checked before the save below, so a chunk with a non-finite loss is never saved.
         if not np.all(np.isfinite(values)):
+            first = int(np.flatnonzero(~np.isfinite(values))[0])
+            checkpoint_note = ""
+            if checkpointer is not None and start > 0:
+                # Every chunk ends with a save, so `start` is the newest saved step.
+                checkpoint_note = f" The last good checkpoint, of step {start}, is kept."
+            elif checkpointer is not None:
+                checkpoint_note = " No checkpoint was saved."
             raise FloatingPointError(
-                f"{desc}: the loss became {values[~np.isfinite(values)][0]} between steps {start} "
-                f"and {stop}. Lower the learning rate or check the targets."
+                f"{desc}: the loss became {values[first]} at step {start + first + 1}.{checkpoint_note} "
+                "Lower the learning rate or check the targets."
             )
         rate = stop / max(time.perf_counter() - started, 1e-9)
         logger.info("%s step %d/%d loss %.4f (%.1f steps/s)", desc, stop, options.steps, values.mean(), rate)

@@ -38,11 +38,13 @@ Deviations from the paper:
 Run: `python -m scripts.pema --preset small` (see `--help` for every field).
 """
 
+import ctypes
 import dataclasses
 import json
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -372,7 +374,11 @@ def padded_length(encoded, multiple=16):
 
 
 def train_lora(model, params, encoded, config):
-    """Train LoRA factors on the target tokens of the training pairs; return (factors, losses)."""
+    """Train LoRA factors on the target tokens of the training pairs; return (factors, losses).
+
+    Raises:
+      FloatingPointError: the loss became NaN or infinite. The error names the step.
+    """
     factors = lora.init(jax.random.key(config.seed), params, rank=config.lora_rank)
     optimizer = optax.adam(config.lora_learning_rate)
     step = lora.make_train_step(make_lm_loss(model), optimizer, alpha=config.lora_alpha, rank=config.lora_rank)
@@ -387,6 +393,10 @@ def train_lora(model, params, encoded, config):
         batch = sequence_batch(encoded.contexts, encoded.targets, rows, length)
         factors, opt_state, loss = step(factors, opt_state, params, batch)
         losses.append(float(loss))
+        if not np.isfinite(losses[-1]):
+            # The factors are saved only after the last step, so nothing diverged is kept.
+            raise FloatingPointError(f"LoRA: the loss became {losses[-1]} at step {index + 1}. No factors were "
+                                     "saved. Lower --lora-learning-rate.")
         if (index + 1) % 10 == 0 or index + 1 == config.lora_steps:
             logger.info("LoRA step %d/%d: loss %.4f (%.1f s)", index + 1, config.lora_steps, losses[-1],
                         time.perf_counter() - started)
@@ -639,9 +649,25 @@ def _cost_step(method, config, spec, work):
     return step, state
 
 
+def _exit_with_parent(parent_pid):
+    """Have Linux send SIGKILL to this process when its parent ends, and exit if it already has.
+
+    A run killed with SIGKILL cannot stop its measuring child. Left running, the child
+    would compete for the CPU with the measurements of the restarted run and write the
+    same output file.
+    """
+    pr_set_pdeathsig = 1  # from <linux/prctl.h>
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, signal.SIGKILL) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:
+        sys.exit(1)
+
+
 def cost_main(spec_path):
     """Entry point of a measuring subprocess: time and peak memory of one method's steps."""
     spec = json.loads(Path(spec_path).read_text())
+    _exit_with_parent(spec["parent_pid"])
     config = Config(**{name: tuple(value) if isinstance(value, list) else value
                        for name, value in spec["config"].items()})
     work = Path(spec["work"])
@@ -675,7 +701,8 @@ def measure_costs(config, task, language_model, texts, work):
         output = work / f"cost-{method}.json"
         if not output.exists():
             spec = {"config": config_lib.to_dict(config), "method": method, "work": str(work),
-                    "output": str(output), "texts": texts if config.model == "tiny" else []}
+                    "output": str(output), "texts": texts if config.model == "tiny" else [],
+                    "parent_pid": os.getpid()}
             spec_path = work / f"cost-{method}-spec.json"
             spec_path.write_text(json.dumps(spec))
             logger.info("measuring the training cost of %s in a new process", method)

@@ -184,3 +184,16 @@ def test_evaluate_by_hand():
     assert result["pema_accuracy"] == 1.0
     assert result["lm_accuracy"] == 0.0
     assert result["reconstruction"] == pytest.approx(4.5)
+
+
+def test_non_finite_loss_names_the_step():
+    # Adam with a constant gradient of -1 raises w by the learning rate, 1, per step. So w
+    # is 3 at step 4, which falls in epoch 2 at two steps per epoch.
+    def loss_fn(params, h, key):
+        w = params["w"]
+        return -w + jnp.where(w > 2.5, jnp.nan, 0.0) + 0.0 * jnp.mean(h)
+
+    hidden = np.zeros((128, 2), np.float32)
+    config = pema.TrainConfig(rank=1, learning_rate=1.0, batch_size=64, max_epochs=5, patience=5, dropout=0.0)
+    with pytest.raises(FloatingPointError, match=r"stage: the training loss became nan at step 4 \(epoch 2\)"):
+        pema.train_stage(loss_fn, {"w": jnp.float32(0.0)}, {}, (hidden,), (hidden,), config, seed=0, name="stage")

@@ -1,6 +1,10 @@
 """The soft-label trainer: it learns, resumes exactly, compiles once and caches runs."""
 
+import dataclasses
+import logging
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -15,10 +19,10 @@ def mnist(data_dir):
     return train, test
 
 
-def fit_linear(train, options, **kwargs):
+def fit_linear(train, options, loss=losses.SoftCrossEntropy(), **kwargs):
     model = ladder.build("linear")
     variables = training.fit(model, train.images, training.one_hot(train.labels, 10), options,
-                             loss=losses.SoftCrossEntropy(), prepare=training.standardize_for(train.spec), **kwargs)
+                             loss=loss, prepare=training.standardize_for(train.spec), **kwargs)
     return model, variables
 
 
@@ -101,3 +105,31 @@ def test_train_and_predict_reads_cache(mnist, tmp_path, monkeypatch):
     monkeypatch.setattr(training, "fit", fail)
     second = training.train_and_predict(run, ladder.build, cache_dir=tmp_path)
     np.testing.assert_array_equal(first["test"], second["test"])
+
+
+@dataclasses.dataclass(frozen=True)
+class DivergesAtStep:
+    """Cross-entropy that becomes NaN, with NaN gradients, from step index `step` on."""
+
+    step: int
+
+    def __call__(self, logits, targets, step, total_steps):
+        value = losses.SoftCrossEntropy()(logits, targets, step, total_steps)
+        return value * jnp.where(step >= self.step, jnp.nan, 1.0)
+
+
+def test_non_finite_loss_names_step_and_keeps_checkpoint(mnist, tmp_path, caplog):
+    train, _ = mnist
+    options = training.TrainOptions(steps=20, batch_size=32, checkpoint_every=5)
+    message = r"linear: the loss became nan at step 13\. The last good checkpoint, of step 10, is kept\."
+    with pytest.raises(FloatingPointError, match=message):
+        fit_linear(train, options, loss=DivergesAtStep(12), checkpoint_dir=tmp_path / "run", desc="linear")
+    saved = sorted(int(path.name) for path in (tmp_path / "run" / "checkpoints").iterdir() if path.name.isdigit())
+    assert saved == [5, 10]
+
+    # Rerun with a finite loss: it resumes from step 10 and ends with finite parameters.
+    with caplog.at_level(logging.INFO, logger=training.__name__):
+        _, variables = fit_linear(train, options, loss=losses.SoftCrossEntropy(), checkpoint_dir=tmp_path / "run",
+                                  desc="linear")
+    assert "linear: resuming at step 10 of 20" in caplog.text
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(variables))

@@ -9,6 +9,7 @@ import pytest
 
 from scripts import align as align_script
 from tests.conftest import REPO
+from tests.scripts import interrupt
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +89,17 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
     assert len(lines) == 1, completed.stderr
     assert lines[0].startswith("error: ")
     assert message in lines[0]
+
+
+def test_sigkill_then_restart_matches(smoke_run, tmp_path):
+    argv, report = smoke_run
+    argv = list(argv)
+    argv[argv.index("--workdir") + 1] = str(tmp_path / "work")
+    argv[argv.index("--results-dir") + 1] = str(tmp_path / "results")
+    # The MNIST ladder alone keeps the test short; it must equal the uninterrupted run's.
+    argv += ["--cifar10.no-enabled", "--debate.no-enabled"]
+    files = interrupt.kill_point("scripts.align", 20, 170)
+    restarted, _ = interrupt.kill_then_restart("scripts.align", argv, tmp_path / "work", files=files)
+    assert set(results_of(restarted)["ladders"]) == {"mnist"}
+    assert "debate" not in results_of(restarted)
+    assert results_of(restarted)["ladders"]["mnist"] == results_of(report)["ladders"]["mnist"]

@@ -1,9 +1,14 @@
 """scripts.pema end to end at the smoke preset, its pieces, and its errors on bad input."""
 
+import dataclasses
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +19,7 @@ from adapters import pema as pema_lib
 from models import llama
 from scripts import pema
 from tests.conftest import REPO
+from tests.scripts import interrupt
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +29,10 @@ def smoke_run(tmp_path_factory, data_dir, experiment_workdir):
             "--results-dir", str(root / "results")]
     report = pema.main(argv)
     return argv, Path(report)
+
+
+# Fields of results.json that hold wall-clock seconds or resident memory in MiB.
+MEASUREMENTS = ("seconds", "seconds_per_step", "peak_rss_mib", "rss_before_mib")
 
 
 def results_of(report):
@@ -104,6 +114,15 @@ def test_memory_holds_model_states(tmp_path):
     np.testing.assert_allclose(memory.hidden[:2], hidden[0, 2:4], rtol=1e-5, atol=1e-5)
 
 
+def test_lora_non_finite_loss_names_step():
+    _, model, params = tiny_model()
+    encoded = SimpleNamespace(contexts=[[1, 2, 3], [4, 5], [6, 7, 8, 9]], targets=[[5, 6], [7], [1, 2]])
+    # A learning rate of 1e30 overflows the merged weights after the first update.
+    config = dataclasses.replace(pema.PRESETS["smoke"], lora_learning_rate=1e30, lora_steps=6, lora_batch_size=2)
+    with pytest.raises(FloatingPointError, match=r"LoRA: the loss became nan at step 2\. No factors were saved\."):
+        pema.train_lora(model, params, encoded, config)
+
+
 def test_sequence_batch_masks_targets():
     tokens, labels, mask = pema.sequence_batch([[1, 2, 3], [4]], [[5, 6], [7]], [0, 1], 6)
     np.testing.assert_array_equal(tokens, [[1, 2, 3, 5, 0, 0], [4, 0, 0, 0, 0, 0]])
@@ -140,6 +159,45 @@ def test_bad_input_exits_2(args, message, tmp_path, data_dir, capsys):
     assert stderr.strip().splitlines()[-1].startswith("error:")
 
 
+def _is_running(pid):
+    """Return whether process `pid` exists and is not a zombie, from /proc/<pid>/stat."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_measuring_child_ends_with_its_parent():
+    child = ("import os, time; from scripts import pema; pema._exit_with_parent(os.getppid()); "
+             "print('ready', flush=True); time.sleep(120)")
+    parent = (f"import subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', {child!r}]); "
+              "print(child.pid, flush=True); time.sleep(120)")
+    process = subprocess.Popen([sys.executable, "-c", parent], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    child_pid = int(process.stdout.readline())
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        deadline = time.time() + 10
+        while _is_running(child_pid) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not _is_running(child_pid)
+    finally:
+        if _is_running(child_pid):
+            os.kill(child_pid, signal.SIGKILL)
+        process.kill()
+        process.wait()
+
+
+def test_measuring_child_exits_when_parent_is_gone():
+    completed = subprocess.run(
+        [sys.executable, "-c", "from scripts import pema; pema._exit_with_parent(-1)"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 1
+
+
 def test_unknown_model_exits_2_from_shell(tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "scripts.pema", "--preset", "smoke", "--model", "gpt", "--results-dir", str(tmp_path)],
@@ -147,3 +205,23 @@ def test_unknown_model_exits_2_from_shell(tmp_path):
     )
     assert completed.returncode == 2
     assert "model='gpt' is not valid" in completed.stderr
+
+
+def without_measurements(tree):
+    """Drop wall-clock times and resident memory sizes, which differ between any two runs."""
+    if isinstance(tree, dict):
+        return {key: without_measurements(value) for key, value in tree.items() if key not in MEASUREMENTS}
+    if isinstance(tree, list):
+        return [without_measurements(value) for value in tree]
+    return tree
+
+
+def test_sigkill_then_restart_matches(smoke_run, tmp_path):
+    argv, report = smoke_run
+    argv = list(argv)
+    argv[argv.index("--workdir") + 1] = str(tmp_path / "work")
+    argv[argv.index("--results-dir") + 1] = str(tmp_path / "results")
+    files = interrupt.kill_point("scripts.pema", 2, 20)
+    restarted, _ = interrupt.kill_then_restart("scripts.pema", argv, tmp_path / "work", files=files)
+    # Every score, loss, output and count must match exactly.
+    assert without_measurements(results_of(restarted)) == without_measurements(results_of(report))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from scripts import tecle
+from tests.scripts import interrupt
 
 
 @pytest.fixture(scope="module")
@@ -16,6 +17,12 @@ def smoke_run(tmp_path_factory, experiment_workdir):
     argv = ["--preset", "smoke", "--workdir", str(experiment_workdir), "--results-dir", str(root / "results")]
     report = tecle.main(argv)
     return argv, Path(report)
+
+
+def comparable(results):
+    """Serialize results.json without its wall-clock seconds. As JSON text, NaN equals NaN."""
+    steps = {triple: timing["env_steps"] for triple, timing in results["timings"].items()}
+    return json.dumps({"summary": results["summary"], "env_steps": steps}, sort_keys=True)
 
 
 def results_of(report):
@@ -99,3 +106,16 @@ def test_indivisible_batch_raises():
     config = dataclasses.replace(config, ppo=dataclasses.replace(config.ppo, num_minibatches=3))
     with pytest.raises(ValueError, match=r"num_minibatches=3 does not divide the batch size"):
         tecle.validate(config)
+
+
+def test_sigkill_then_restart_matches(tmp_path):
+    # Each of the two triples caches one file. The kill lands after the first file, while
+    # the second triple trains. Plain PPO compiles fastest of the methods.
+    argv = ["--preset", "smoke", "--methods", "ppo", "--settings", "plain", "noisy_tv"]
+    uninterrupted = tecle.main([*argv, "--workdir", str(tmp_path / "work-uninterrupted"),
+                                "--results-dir", str(tmp_path / "results-uninterrupted")])
+    argv += ["--workdir", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results")]
+    files = interrupt.kill_point("scripts.tecle", 1, 1)
+    restarted, _ = interrupt.kill_then_restart("scripts.tecle", argv, tmp_path / "work", files=files)
+    assert set(results_of(restarted)["timings"]) == {"ppo-MiniGrid-Empty-8x8-plain", "ppo-MiniGrid-Empty-8x8-noisy_tv"}
+    assert comparable(results_of(restarted)) == comparable(results_of(uninterrupted))
