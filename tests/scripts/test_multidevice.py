@@ -49,9 +49,17 @@ def runs(data_dir, tmp_path_factory):
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         started[count] = (process, out_dir)
+    # Both processes finish (or are killed) before any assert, so none outlives the test.
+    finished = {}
+    for count, (process, out_dir) in started.items():
+        try:
+            finished[count] = process.communicate(timeout=900)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            finished[count] = process.communicate()
     results = {}
     for count, (process, out_dir) in started.items():
-        stdout, stderr = process.communicate(timeout=900)
+        stdout, stderr = finished[count]
         assert process.returncode == 0, f"{count} devices:\n{stderr[-3000:]}"
         results[count] = (json.loads(stdout.strip().splitlines()[-1]), out_dir)
     return results
