@@ -42,6 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from harness import mesh as mesh_lib
+
 logger = logging.getLogger(__name__)
 
 KAPPA = 0.2
@@ -180,8 +182,11 @@ def _mean_over_batches(loss, params, arrays, batch_size):
     return total / count
 
 
-def train_stage(loss_fn, trainable, frozen, train_arrays, validation_arrays, config, *, seed, name):
+def train_stage(loss_fn, trainable, frozen, train_arrays, validation_arrays, config, *, seed, name, mesh=None):
     """Train `trainable` with Adam on minibatches, stopping early on the validation loss.
+
+    Training is data-parallel: the parameters are replicated on `mesh` (default: all
+    devices) and each minibatch is split over it.
 
     Args:
       loss_fn: (params, *arrays, dropout_key) -> scalar, params = trainable | frozen;
@@ -192,11 +197,14 @@ def train_stage(loss_fn, trainable, frozen, train_arrays, validation_arrays, con
       config: TrainConfig.
       seed: seeds batch order and dropout.
       name: stage name for logs.
+      mesh: device mesh for data parallelism, or None for all devices.
 
     Returns:
       StageResult with the trainable params of the epoch of lowest validation loss.
 
     Raises:
+      ValueError: a minibatch is not a multiple of the number of devices. Minibatches
+        hold `config.batch_size` entries, or every entry when the memory is smaller.
       FloatingPointError: a training loss was NaN or infinite. The error names the first
         such step, counted from 1 over the whole stage.
     """
@@ -213,7 +221,9 @@ def train_stage(loss_fn, trainable, frozen, train_arrays, validation_arrays, con
 
     evaluate = jax.jit(lambda train_params, *arrays: merged_loss(train_params, arrays, None))
     dropout_key = jax.random.key(seed)
-    params, opt_state = trainable, optimizer.init(trainable)
+    mesh = mesh_lib.data_mesh() if mesh is None else mesh
+    params = mesh_lib.replicate(mesh, trainable)
+    opt_state = mesh_lib.replicate(mesh, optimizer.init(trainable))
     best = (_mean_over_batches(evaluate, params, validation_arrays, 1024), params, 0)
     history = [{"epoch": 0, "train_loss": None, "validation_loss": best[0], "seconds": 0.0}]
     logger.info("%s: validation loss %.4f before training", name, best[0])
@@ -222,7 +232,7 @@ def train_stage(loss_fn, trainable, frozen, train_arrays, validation_arrays, con
         started = time.perf_counter()
         losses = []
         for batch_index in _epoch_batches(train_arrays[0].shape[0], config.batch_size, seed, epoch):
-            batch = tuple(jnp.asarray(a[batch_index]) for a in train_arrays)
+            batch = tuple(mesh_lib.shard_batch(mesh, a[batch_index]) for a in train_arrays)
             key = jax.random.fold_in(dropout_key, steps)
             params, opt_state, loss = step(params, opt_state, batch, key)
             losses.append(loss)
@@ -253,13 +263,14 @@ def train_stage(loss_fn, trainable, frozen, train_arrays, validation_arrays, con
     return StageResult(jax.device_get(best[1]), history, best[2], seconds_per_step)
 
 
-def train(memory, validation_memory, head, config, *, seed=0):
+def train(memory, validation_memory, head, config, *, seed=0, mesh=None):
     """Run both stages; return (params, {"stage1": StageResult, "stage2": StageResult}).
 
     Args:
       memory, validation_memory: `Memory` tuples of (hidden [n, d], tokens [n]).
       head: FrozenHead of the language model.
       config: TrainConfig.
+      mesh: device mesh for data parallelism, or None for all devices (see `train_stage`).
     """
     dim = memory.hidden.shape[1]
     stage1_key, stage2_key = jax.random.split(jax.random.key(seed))
@@ -269,7 +280,8 @@ def train(memory, validation_memory, head, config, *, seed=0):
         return reconstruction_loss(params, h, scaling=config.scaling, dropout_key=key, dropout_rate=config.dropout)
 
     first = train_stage(stage1_loss, {"A": fresh["A"], "B_rct": fresh["B_rct"]}, {},
-                        (memory.hidden,), (validation_memory.hidden,), config, seed=seed, name="PEMA stage 1")
+                        (memory.hidden,), (validation_memory.hidden,), config, seed=seed, name="PEMA stage 1",
+                        mesh=mesh)
 
     second_start = init_params(stage2_key, dim, config.rank)
 
@@ -280,7 +292,7 @@ def train(memory, validation_memory, head, config, *, seed=0):
     second = train_stage(loss2, {"A": second_start["A"], "B_pd": second_start["B_pd"]},
                          {"B_rct": first.params["B_rct"]}, (memory.hidden, memory.tokens),
                          (validation_memory.hidden, validation_memory.tokens), config, seed=seed + 1,
-                         name="PEMA stage 2")
+                         name="PEMA stage 2", mesh=mesh)
     params = {"A": second.params["A"], "B_rct": first.params["B_rct"], "B_pd": second.params["B_pd"]}
     return params, {"stage1": first, "stage2": second}
 

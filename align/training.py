@@ -13,6 +13,10 @@ is `fold_in(key, t)`. A checkpoint is written every `checkpoint_every` steps, so
 interrupted run resumes and ends with the same parameters. The jitted step is cached by
 (model, loss, input preparation, optimiser settings, shapes), so students of the same
 architecture and loss compile once.
+
+Data parallelism: the pool and the training state are replicated on a `harness.mesh`
+mesh and the batch indices are split over it. So each device gathers and trains on its
+share of the batch, and XLA all-reduces the gradients.
 """
 
 import dataclasses
@@ -31,6 +35,7 @@ import optax
 
 from harness import checkpoint as checkpoint_lib
 from harness import data as data_lib
+from harness import mesh as mesh_lib
 from harness import train as train_lib
 
 logger = logging.getLogger(__name__)
@@ -138,7 +143,7 @@ def batch_indices(num_examples, batch_size, *, seed, start, stop):
     return np.stack(rows).astype(np.int32)
 
 
-def fit(model, images, targets, options, *, loss, prepare, checkpoint_dir=None, desc="train"):
+def fit(model, images, targets, options, *, loss, prepare, checkpoint_dir=None, desc="train", mesh=None):
     """Train `model` on (images, targets) and return its inference variables.
 
     Args:
@@ -151,9 +156,11 @@ def fit(model, images, targets, options, *, loss, prepare, checkpoint_dir=None, 
       prepare: hashable callable (key or None, uint8 images) -> model input.
       checkpoint_dir: folder for checkpoints every `options.checkpoint_every` steps, or None.
       desc: name in logs.
+      mesh: device mesh for data parallelism (default: all devices).
 
     Raises:
-      ValueError: images and targets disagree in length, or the targets are not [N, C].
+      ValueError: images and targets disagree in length, the targets are not [N, C], or
+        the batch size is not a multiple of the number of devices.
       FloatingPointError: the loss became NaN or infinite. The error names the step, and
         the checkpoints saved before that step are kept.
     """
@@ -177,7 +184,9 @@ def fit(model, images, targets, options, *, loss, prepare, checkpoint_dir=None, 
             state = checkpointer.restore(state)
             logger.info("%s: resuming at step %d of %d", desc, int(state.step), options.steps)
 
-    device_images, device_targets = jnp.asarray(images), jnp.asarray(targets)
+    mesh = mesh_lib.data_mesh() if mesh is None else mesh
+    state = mesh_lib.replicate(mesh, state)
+    device_images, device_targets = mesh_lib.replicate(mesh, (images, targets))
     start = int(state.step)
     started = time.perf_counter()
     while start < options.steps:
@@ -185,6 +194,8 @@ def fit(model, images, targets, options, *, loss, prepare, checkpoint_dir=None, 
         indices = batch_indices(len(images), options.batch_size, seed=options.seed, start=start, stop=stop)
         values = []
         for row in indices:
+            # Indices split over the mesh make the gathered batch split the same way.
+            row = mesh_lib.shard_batch(mesh, row)
             state, value = train_step(state, device_images, device_targets, row, step_key)
             values.append(value)
         values = np.asarray(jax.device_get(values))

@@ -3,7 +3,8 @@
 Models enter as `apply_fn(params, tokens) -> logits`, with tokens int32 [batch, length]
 and logits [batch, length, vocab], so any decoder fits without this module importing it.
 Batches come from `harness.text.train_windows`, a function of (seed, step) alone, so a
-run is deterministic for a seed.
+run is deterministic for a seed. Training is data-parallel over a `harness.mesh` mesh:
+parameters are replicated and each batch of windows is split over the devices.
 """
 
 import logging
@@ -12,6 +13,7 @@ import jax
 import numpy as np
 import optax
 
+from harness import mesh as mesh_lib
 from harness import text as text_lib
 from harness.train import progress
 
@@ -59,19 +61,25 @@ def mean_loss(apply_fn, params, windows, *, batch_size=16):
     return total / windows[:, 1:].size
 
 
-def train(apply_fn, params, tx, ids, *, steps, batch_size, length, seed, log_every=50):
+def train(apply_fn, params, tx, ids, *, steps, batch_size, length, seed, log_every=50, mesh=None):
     """Train on random windows of the int32 id stream `ids` with Adam-style optimizer `tx`.
+
+    `mesh` is the device mesh for data parallelism (default: all devices); `batch_size`
+    must be a multiple of its size.
 
     Returns:
       (params, losses): the trained parameters and the training loss at every step.
     """
     if steps <= 0:
         raise ValueError(f"steps={steps} is invalid; it must be positive.")
+    mesh = mesh_lib.data_mesh() if mesh is None else mesh
     step = make_train_step(apply_fn, tx)
-    opt_state = tx.init(params)
+    params = mesh_lib.replicate(mesh, params)
+    opt_state = mesh_lib.replicate(mesh, tx.init(params))
     losses = []
     for index in progress(range(steps), desc="language model"):
         windows = text_lib.train_windows(ids, batch_size, length, seed=seed, step=index)
+        windows = mesh_lib.shard_batch(mesh, windows)
         params, opt_state, loss = step(params, opt_state, windows)
         losses.append(loss)
         if (index + 1) % log_every == 0 or index + 1 == steps:

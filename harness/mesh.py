@@ -32,6 +32,7 @@ def shard_batch(mesh, *arrays):
     """Place host arrays on the mesh split along axis 0.
 
     Every process must pass the same global arrays; each keeps the rows of its devices.
+    Arrays of typed PRNG keys (from `jax.random.key`) are placed the same way.
 
     Raises:
       ValueError: the batch size is not a multiple of the number of devices.
@@ -44,13 +45,22 @@ def shard_batch(mesh, *arrays):
                 f"devices; choose a batch size that is a multiple of {devices}."
             )
     sharding = batch_sharded(mesh)
+    placed = tuple(_place_global(array, sharding) for array in arrays)
+    return placed if len(placed) > 1 else placed[0]
+
+
+def _place_global(array, sharding):
+    """Build the global array of `sharding` from a host copy of the whole array."""
+    if jax.dtypes.issubdtype(array.dtype, jax.dtypes.prng_key):
+        # Typed PRNG keys have no NumPy form. Their raw uint32 data (one trailing axis)
+        # is placed instead, because the spec splits axis 0 and replicates the rest.
+        data = _place_global(jax.random.key_data(array), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(array))
     # Every process computes the same global batch, because it is a pure function of
     # seed and step. The callback gives each process only the rows of its own devices,
     # so this also works when the mesh spans several hosts.
-    placed = tuple(
-        jax.make_array_from_callback(a.shape, sharding, lambda index, a=a: a[index]) for a in map(np.asarray, arrays)
-    )
-    return placed if len(placed) > 1 else placed[0]
+    host = np.asarray(array)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def replicate(mesh, tree):

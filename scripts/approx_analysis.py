@@ -53,6 +53,7 @@ from approx import layers as approx_layers
 from harness import checkpoint as checkpoint_lib
 from harness import config as config_lib
 from harness import data as data_lib
+from harness import mesh as mesh_lib
 from harness import metrics as metrics_lib
 from harness import plots
 from harness import report as report_lib
@@ -620,6 +621,9 @@ def train_language_model(model, lm, train_ids, config, identity, run_dir):
         state = checkpointer.restore(state)
         start = int(state["step"])
     log.truncate_after(start)
+    # Data parallelism: the state is replicated and each batch of windows split over all devices.
+    mesh = mesh_lib.data_mesh()
+    state = mesh_lib.replicate(mesh, state)
 
     @jax.jit
     def step(state, windows):
@@ -634,7 +638,7 @@ def train_language_model(model, lm, train_ids, config, identity, run_dir):
 
     for index in range(start, lm.steps):
         windows = text_lib.train_windows(train_ids, lm.batch_size, lm.length, seed=config.seed, step=index)
-        state, loss = step(state, windows)
+        state, loss = step(state, mesh_lib.shard_batch(mesh, windows))
         done = index + 1
         if done % config.log_every == 0 or done == lm.steps:
             loss = float(loss)

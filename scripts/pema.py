@@ -58,6 +58,7 @@ import optax
 from adapters import knnlm, lora, pema
 from harness import checkpoint as checkpoint_lib
 from harness import config as config_lib
+from harness import mesh as mesh_lib
 from harness import report as report_lib
 from harness import text as text_lib
 from models import generate as generate_lib
@@ -376,13 +377,20 @@ def padded_length(encoded, multiple=16):
 def train_lora(model, params, encoded, config):
     """Train LoRA factors on the target tokens of the training pairs; return (factors, losses).
 
+    Training is data-parallel over all devices. The frozen model and the factors are
+    replicated and each batch of sequences is split over the devices. So the batch
+    (`lora_batch_size`, or every pair when there are fewer) must be a multiple of the
+    number of devices.
+
     Raises:
       FloatingPointError: the loss became NaN or infinite. The error names the step.
     """
+    mesh = mesh_lib.data_mesh()
     factors = lora.init(jax.random.key(config.seed), params, rank=config.lora_rank)
     optimizer = optax.adam(config.lora_learning_rate)
     step = lora.make_train_step(make_lm_loss(model), optimizer, alpha=config.lora_alpha, rank=config.lora_rank)
-    opt_state = optimizer.init(factors)
+    opt_state = mesh_lib.replicate(mesh, optimizer.init(factors))
+    factors, params = mesh_lib.replicate(mesh, (factors, params))
     length = padded_length(encoded)
     count = len(encoded.contexts)
     losses = []
@@ -390,7 +398,7 @@ def train_lora(model, params, encoded, config):
     for index in range(config.lora_steps):
         rows = np.random.default_rng([config.seed, index]).choice(count, min(config.lora_batch_size, count),
                                                                  replace=False)
-        batch = sequence_batch(encoded.contexts, encoded.targets, rows, length)
+        batch = mesh_lib.shard_batch(mesh, *sequence_batch(encoded.contexts, encoded.targets, rows, length))
         factors, opt_state, loss = step(factors, opt_state, params, batch)
         losses.append(float(loss))
         if not np.isfinite(losses[-1]):

@@ -47,6 +47,7 @@ from scipy import stats
 
 from harness import checkpoint as checkpoint_lib
 from harness import config as config_lib
+from harness import mesh as mesh_lib
 from harness import plots
 from harness import report as report_lib
 from rl import envs as envs_lib
@@ -197,6 +198,16 @@ def train_runs(config, method, env, setting):
     """Train every seed (and beta) of one triple; return metrics arrays [labels, seeds, updates]."""
     run = run_config(config, method, env, setting)
     keys = jax.random.split(jax.random.key(config.seed), config.seeds)
+    # Data parallelism over seeds: seeds never interact, so keys split over the mesh
+    # split the vmapped program the same way, with no collectives. A seed count that is
+    # not a multiple of the device count cannot be split evenly over the mesh. Such keys
+    # are replicated, so every device runs every seed: no faster than one device, but
+    # the same result on any number of devices.
+    mesh = mesh_lib.data_mesh()
+    if config.seeds % mesh.devices.size == 0:
+        keys = mesh_lib.shard_batch(mesh, keys)
+    else:
+        keys = mesh_lib.replicate(mesh, keys)
     started = time.perf_counter()
     if method == "tecle":
         _, betas, latent_axes = zip(*tecle_variants(config))
