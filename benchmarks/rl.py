@@ -1,7 +1,8 @@
 """Environment steps per second of PPO with TeCLE against plain PPO, in one run.
 
 Run: `python -m benchmarks.rl` (`--env`, `--num-envs`, `--num-steps`, `--updates`,
-`--rounds` and `--full-size` change the set-up; `--help` lists them).
+`--rounds`, `--update-proportion` and `--full-size` change the set-up; `--help` lists
+them).
 
 Both variants train on the same environment with the same batch (environments, steps
 per rollout, epochs, minibatches) through `rl.ppo.make_train`, compiled before timing.
@@ -9,8 +10,9 @@ Rounds alternate between the variants, and each figure is the median over the ro
 one whole `train(key)` call: rollouts, intrinsic rewards, GAE and every update. The goal
 is TeCLE at no less than half plain PPO's steps per second.
 
-By default TeCLE uses the networks of the `small` preset of `scripts.tecle`;
-`--full-size` uses the authors' sizes (`rl.intrinsic.IntrinsicConfig` defaults).
+By default TeCLE uses the networks of the `small` preset of `scripts.tecle`, which
+train on a quarter of each minibatch; `--full-size` uses the authors' sizes
+(`rl.intrinsic.IntrinsicConfig` defaults) and `--update-proportion 1` every row.
 """
 
 import argparse
@@ -34,7 +36,9 @@ def make_config(args, method):
         base.ppo, env=args.env, num_envs=args.num_envs, num_steps=args.num_steps,
         total_timesteps=args.num_envs * args.num_steps * args.updates,
         torso="mlp" if minigrid else "cnn", int_coef=0.0 if method == "none" else base.ppo.int_coef,
-        intrinsic=dataclasses.replace(sizes, method=method, beta=1.0),
+        intrinsic=dataclasses.replace(sizes, method=method, beta=1.0,
+                                      update_proportion=(sizes.update_proportion if args.update_proportion is None
+                                                         else args.update_proportion)),
     )
 
 
@@ -64,6 +68,8 @@ def main():
     parser.add_argument("--updates", type=int, default=10, help="PPO updates per timed call")
     parser.add_argument("--rounds", type=int, default=3, help="timed calls per variant")
     parser.add_argument("--full-size", action="store_true", help="TeCLE networks at the authors' sizes")
+    parser.add_argument("--update-proportion", type=float, default=None,
+                        help="fraction of each minibatch TeCLE trains on (default: that of the chosen sizes)")
     args = parser.parse_args()
 
     print(f"machine: {platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}, "

@@ -135,7 +135,7 @@ def bar_plot(path, categories, series, *, ylabel, title, reference_lines=None):
     return _save(figure, path, bbox_inches="tight")
 
 
-def band_plot(path, curves, *, xlabel, ylabel, title):
+def band_plot(path, curves, *, xlabel, ylabel, title, styles=None):
     """Plot named mean curves with shaded bands (such as 95% confidence intervals) and save a PNG.
 
     Args:
@@ -143,19 +143,32 @@ def band_plot(path, curves, *, xlabel, ylabel, title):
       curves: name -> (x values, mean, lower bound, upper bound), four sequences of one
         length. NaN entries are left as gaps.
       xlabel, ylabel, title: axis labels and title.
+      styles: optional name -> (colour, line style) for some curves; the others take the
+        next colours of the default cycle with solid lines.
 
     Returns:
       the saved path.
     """
     path = Path(path)
-    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for index, (name, (xs, mean, lower, upper)) in enumerate(curves.items()):
-        color = f"C{index % 10}"
-        axes.plot(list(xs), list(mean), color=color, label=name)
-        axes.fill_between(list(xs), list(lower), list(upper), color=color, alpha=0.2, linewidth=0)
+    styles = styles or {}
+    many = len(curves) > 8
+    # A long legend goes beside the axes, where it hides no curve.
+    figure, axes = plt.subplots(figsize=(8.4 if many else 6.4, 4.2), dpi=120)
+    unstyled = 0
+    for name, (xs, mean, lower, upper) in curves.items():
+        if name in styles:
+            color, linestyle = styles[name]
+        else:
+            color, linestyle = f"C{unstyled % 10}", "-"
+            unstyled += 1
+        axes.plot(list(xs), list(mean), color=color, linestyle=linestyle, label=name)
+        axes.fill_between(list(xs), list(lower), list(upper), color=color, alpha=0.15, linewidth=0)
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize="small")
+    if many:
+        axes.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        axes.legend(fontsize="small")
     return _save(figure, path)

@@ -132,6 +132,38 @@ def _flat(transitions):
     return jax.tree.map(lambda x: x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:]), transitions)
 
 
+REWARD_CHUNK = 128
+"""Transitions per chunk of the reward pass (per run when vmapped)."""
+
+
+def _chunk_steps(time, envs):
+    """The largest divisor of `time` whose steps hold at most REWARD_CHUNK transitions, at least 1."""
+    limit = max(1, REWARD_CHUNK // envs)
+    return max(steps for steps in range(1, time + 1) if time % steps == 0 and steps <= limit)
+
+
+def _score_in_chunks(score, transitions, *rows):
+    """Score a rollout chunk by chunk of whole time steps.
+
+    Convolutions over a few thousand observations at once ran several times slower per
+    observation on XLA's CPU backend than over a hundred or so, whose working set stays
+    in cache; the chunks run one after another under `lax.map`.
+
+    Args:
+      score: (flat transitions [n, ...], *flat rows [n, ...]) -> scores [n].
+      transitions: a rollout, leading axes [time, envs].
+      rows: further arrays [time, envs, ...] cut the same way, such as TeCLE's noise.
+
+    Returns:
+      scores [time, envs].
+    """
+    time, envs = transitions.action.shape
+    steps = _chunk_steps(time, envs)
+    chunks = jax.tree.map(lambda x: x.reshape((time // steps, steps * envs) + x.shape[2:]), (transitions, rows))
+    scores = jax.lax.map(lambda chunk: score(chunk[0], *chunk[1]), chunks)
+    return scores.reshape(time, envs)
+
+
 def _optimizer(config):
     return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.learning_rate))
 
@@ -192,8 +224,7 @@ def make_rnd(config):
 
     def reward(state, transitions, key):
         del key
-        time, envs = transitions.action.shape
-        rewards = errors(state.params, state.frozen, _flat(transitions).next_obs).reshape(time, envs)
+        rewards = _score_in_chunks(lambda chunk: errors(state.params, state.frozen, chunk.next_obs), transitions)
         return rewards, _no_noise(rewards)
 
     def update(state, transitions, noise):
@@ -237,8 +268,7 @@ def make_icm(config, num_actions):
 
     def reward(state, transitions, key):
         del key
-        time, envs = transitions.action.shape
-        rewards = forward_errors(state.params, _flat(transitions)).reshape(time, envs)
+        rewards = _score_in_chunks(lambda chunk: forward_errors(state.params, chunk), transitions)
         return rewards, _no_noise(rewards)
 
     def update(state, transitions, noise):
@@ -310,12 +340,14 @@ def make_tecle(config, num_actions):
     def reward(state, transitions, key):
         time, envs = transitions.action.shape
         eps = draw_noise(key, state.frozen["beta"], state.frozen["latent_axis"], (time, envs, config.latent))
-        flat = _flat(transitions)
-        next_features = inverse.apply(state.params["inverse"], flat.next_obs, method="features")
-        logits, target, _, _ = reconstruct(state.params, next_features, flat.action, eps.reshape(time * envs, -1))
-        errors = (jax.nn.sigmoid(logits) - target) ** 2
-        rewards = errors.reshape(time * envs, -1).mean(axis=1).reshape(time, envs)
-        return rewards, eps
+
+        def score(chunk, chunk_eps):
+            next_features = inverse.apply(state.params["inverse"], chunk.next_obs, method="features")
+            logits, target, _, _ = reconstruct(state.params, next_features, chunk.action, chunk_eps)
+            errors = (jax.nn.sigmoid(logits) - target) ** 2
+            return errors.reshape(errors.shape[0], -1).mean(axis=1)
+
+        return _score_in_chunks(score, transitions, eps), eps
 
     def update(state, transitions, noise):
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, transitions, noise)

@@ -223,8 +223,37 @@ def train_runs(config, method, env, setting):
     steps = ppo_lib.num_updates(run) * ppo_lib.batch_size(run) * config.seeds * len(method_labels(config, method))
     logger.info("%s on %s (%s): %d environment steps in %.1f s, compilation included",
                 method, env, setting, steps, seconds)
+    check_finite_losses(metrics, method_labels(config, method), f"{method} on {env} ({setting})")
     kept = ("episode_return", "episodes", "env_steps", "intrinsic_reward", "tv_fraction")
     return {name: np.asarray(metrics[name]) for name in kept if name in metrics}, seconds
+
+
+LOSSES = ("policy_loss", "value_loss", "rnd_loss", "icm_inverse_loss", "icm_forward_loss",
+          "tecle_inverse_loss", "tecle_reconstruction_loss", "tecle_kl")
+
+
+def check_finite_losses(metrics, labels, name):
+    """Raise FloatingPointError naming the first update whose loss is NaN or infinite.
+
+    Args:
+      metrics: arrays [labels, seeds, updates] per metric name, as `train_runs` gets them.
+      labels: the curve name of each row of the first axis.
+      name: the triple, for the message.
+
+    A triple trains as one compiled program, so the check runs after it, before anything
+    is cached: a diverged triple is never saved, and the triples cached before it stay.
+    """
+    for loss in LOSSES:
+        if loss not in metrics:
+            continue
+        values = np.asarray(metrics[loss])
+        bad = np.argwhere(~np.isfinite(values))
+        if bad.size:
+            label, seed, update = bad[np.argmin(bad[:, 2])]
+            raise FloatingPointError(
+                f"{name}: {loss} became {values[label, seed, update]} at update {update + 1} "
+                f"({labels[label]}, seed {seed}). Nothing was cached for this run; lower the learning "
+                "rates (--ppo.learning-rate, --ppo.intrinsic.learning-rate).")
 
 
 def cached_runs(config, method, env, setting, work):
@@ -343,6 +372,15 @@ def _final_table(config, summary, env):
     return report_lib.markdown_table(headers, rows)
 
 
+def curve_styles(config):
+    """Colour and line style per label: one colour per beta, dashed for the latent axis."""
+    styles = {method: (f"C{index}", "-") for index, method in enumerate(("ppo", "rnd", "icm"))}
+    betas = sorted(set(config.betas) | set(config.latent_axis_betas))
+    for label, beta, latent_axis in tecle_variants(config):
+        styles[label] = (f"C{3 + betas.index(beta) % 7}", "--" if latent_axis else "-")
+    return styles
+
+
 def _plot(config, summary, env, setting, run_dir):
     curves = {}
     for label, row in summary[env][setting].items():
@@ -351,7 +389,8 @@ def _plot(config, summary, env, setting, run_dir):
         curves[label] = (row["curve_steps"], mean, mean - half, mean + half)
     path = run_dir / EXPERIMENT / f"{env}-{setting}.png"
     plots.band_plot(path, curves, xlabel="environment steps", ylabel="episode return",
-                    title=f"{env}, {setting}: mean and 95% CI over {config.seeds} seeds")
+                    title=f"{env}, {setting}: mean and 95% CI over {config.seeds} seeds",
+                    styles=curve_styles(config))
     return str(path.relative_to(run_dir))
 
 

@@ -27,15 +27,18 @@ def _count_files(folder):
     return sum(1 for path in Path(folder).rglob("*") if path.is_file()) if Path(folder).exists() else 0
 
 
-def kill_then_restart(module, argv, workdir, *, files, timeout=600):
+def kill_then_restart(module, argv, workdir, *, files, timeout=600, env=None):
     """Run `python -m module argv`, SIGKILL it once `workdir` contains `files` files, rerun it.
+
+    `env` adds variables to both processes' environment.
 
     Returns:
       (path of the restarted run's report, its stderr).
     """
     command = [sys.executable, "-m", module, *argv]
+    environment = {**os.environ, **(env or {})}
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=dict(os.environ))
+                               env=environment)
     deadline = time.time() + timeout
     while _count_files(workdir) < files:
         assert process.poll() is None, f"{module} ended before its work folder held {files} files"
@@ -44,7 +47,7 @@ def kill_then_restart(module, argv, workdir, *, files, timeout=600):
     process.send_signal(signal.SIGKILL)
     process.wait()
 
-    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=environment)
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = Path(completed.stdout.strip().splitlines()[-1].split(" ", 3)[-1])
     return report, completed.stderr

@@ -2,12 +2,16 @@
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from scripts import tecle
+from tests.conftest import REPO
 from tests.scripts import interrupt
 
 
@@ -110,12 +114,32 @@ def test_indivisible_batch_raises():
 
 def test_sigkill_then_restart_matches(tmp_path):
     # Each of the two triples caches one file. The kill lands after the first file, while
-    # the second triple trains. Plain PPO compiles fastest of the methods.
+    # the second triple trains. Plain PPO compiles fastest of the methods, and the three
+    # processes share a persistent compilation cache, so only the first one compiles.
+    cache = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
+             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     argv = ["--preset", "smoke", "--methods", "ppo", "--settings", "plain", "noisy_tv"]
-    uninterrupted = tecle.main([*argv, "--workdir", str(tmp_path / "work-uninterrupted"),
-                                "--results-dir", str(tmp_path / "results-uninterrupted")])
+    completed = subprocess.run(
+        [sys.executable, "-m", "scripts.tecle", *argv, "--workdir", str(tmp_path / "work-uninterrupted"),
+         "--results-dir", str(tmp_path / "results-uninterrupted")],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, **cache})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    uninterrupted = completed.stdout.strip().splitlines()[-1].split(" ", 3)[-1]
     argv += ["--workdir", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results")]
     files = interrupt.kill_point("scripts.tecle", 1, 1)
-    restarted, _ = interrupt.kill_then_restart("scripts.tecle", argv, tmp_path / "work", files=files)
+    restarted, _ = interrupt.kill_then_restart("scripts.tecle", argv, tmp_path / "work", files=files, env=cache)
     assert set(results_of(restarted)["timings"]) == {"ppo-MiniGrid-Empty-8x8-plain", "ppo-MiniGrid-Empty-8x8-noisy_tv"}
     assert comparable(results_of(restarted)) == comparable(results_of(uninterrupted))
+
+
+def test_nonfinite_loss_names_first_update_and_run():
+    finite = np.zeros((2, 3, 5), np.float32)
+    diverged = finite.copy()
+    diverged[1, 2, 3] = np.inf
+    diverged[0, 1, 4] = np.nan
+    metrics = {"policy_loss": finite, "tecle_kl": diverged}
+    labels = ["tecle β=-1", "tecle β=1"]
+    with pytest.raises(FloatingPointError, match=r"tecle on Env \(plain\): tecle_kl became inf at update 4 "
+                                                 r"\(tecle β=1, seed 2\)\. Nothing was cached"):
+        tecle.check_finite_losses(metrics, labels, "tecle on Env (plain)")
+    tecle.check_finite_losses({"policy_loss": finite}, labels, "fine")
