@@ -383,10 +383,10 @@ def minibatch_update(setup, carry, batch):
     grads, metrics = jax.grad(lambda p: ppo_loss(setup, p, batch), has_aux=True)(policy.params)
     updates, opt_state = setup.tx.update(grads, policy.opt_state, policy.params)
     policy = PolicyState(optax.apply_updates(policy.params, updates), opt_state)
-    # The rows are in shuffled order, so the first `kept` are a uniform random subset.
-    kept = intrinsic_rows(setup.config, batch.action.shape[0])
+    # The rows are in shuffled order, so the first `rows` are a uniform random subset.
+    rows = intrinsic_rows(setup.config, batch.action.shape[0])
     intrinsic_state, intrinsic_metrics = setup.intrinsic.update(
-        intrinsic_state, jax.tree.map(lambda x: x[:kept], batch.transitions), batch.noise[:kept])
+        intrinsic_state, jax.tree.map(lambda x: x[:rows], batch.transitions), batch.noise[:rows])
     return (policy, intrinsic_state), {**metrics, **intrinsic_metrics}
 
 
