@@ -98,13 +98,6 @@ def test_invalid_config_raises(change, match):
         tecle.validate(dataclasses.replace(tecle.PRESETS["smoke"], **change))
 
 
-def test_latent_axis_noise_differs_from_time_axis(smoke_run):
-    _, report = smoke_run
-    runs = results_of(report)["summary"]["MiniGrid-Empty-8x8"]["noisy_tv"]
-    # Same seeds and beta, other noise axis: the runs must not be copies of each other.
-    assert runs["tecle β=1"]["final_per_seed"] != runs["tecle-latent β=1"]["final_per_seed"]
-
-
 def test_indivisible_batch_raises():
     config = tecle.PRESETS["smoke"]
     config = dataclasses.replace(config, ppo=dataclasses.replace(config.ppo, num_minibatches=3))
