@@ -23,6 +23,14 @@ def kill_point(module, low, high):
     return random.Random(zlib.crc32(module.encode())).randint(low, high)
 
 
+def relocated(argv, folder):
+    """Return a copy of `argv` whose --workdir and --results-dir point under `folder`."""
+    argv = list(argv)
+    argv[argv.index("--workdir") + 1] = str(Path(folder) / "work")
+    argv[argv.index("--results-dir") + 1] = str(Path(folder) / "results")
+    return argv
+
+
 def _count_files(folder):
     return sum(1 for path in Path(folder).rglob("*") if path.is_file()) if Path(folder).exists() else 0
 

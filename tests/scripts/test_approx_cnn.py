@@ -72,9 +72,7 @@ def test_rerun_resumes_and_reproduces_results(smoke_run, caplog):
 
 def test_sigkill_then_restart_matches(smoke_run, data_dir, tmp_path):
     argv, report, _ = smoke_run
-    argv = [a for a in argv]
-    argv[argv.index("--workdir") + 1] = str(tmp_path / "work")
-    argv[argv.index("--results-dir") + 1] = str(tmp_path / "results")
+    argv = interrupt.relocated(argv, tmp_path)
     # MNIST alone keeps the test short; its results must equal the uninterrupted run's.
     command = [sys.executable, "-m", "scripts.approx_cnn", *argv, "--cifar10.no-enabled"]
 

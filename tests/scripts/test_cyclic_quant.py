@@ -145,9 +145,7 @@ def test_train_step_compiles_once_per_width(data_dir):
 
 def test_sigkill_then_restart_matches(smoke_run, tmp_path):
     argv, report = smoke_run
-    argv = list(argv)
-    argv[argv.index("--workdir") + 1] = str(tmp_path / "work")
-    argv[argv.index("--results-dir") + 1] = str(tmp_path / "results")
+    argv = interrupt.relocated(argv, tmp_path)
     # One seed keeps the test short; it must equal seed 0 of the uninterrupted run.
     argv += ["--seeds", "1"]
     files = interrupt.kill_point("scripts.cyclic_quant", 3, 40)

@@ -218,9 +218,7 @@ def without_measurements(tree):
 
 def test_sigkill_then_restart_matches(smoke_run, tmp_path):
     argv, report = smoke_run
-    argv = list(argv)
-    argv[argv.index("--workdir") + 1] = str(tmp_path / "work")
-    argv[argv.index("--results-dir") + 1] = str(tmp_path / "results")
+    argv = interrupt.relocated(argv, tmp_path)
     files = interrupt.kill_point("scripts.pema", 2, 20)
     restarted, _ = interrupt.kill_then_restart("scripts.pema", argv, tmp_path / "work", files=files)
     # Every score, loss, output and count must match exactly.

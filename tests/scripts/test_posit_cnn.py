@@ -84,9 +84,7 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
 
 def test_sigkill_then_restart_matches(smoke_run, tmp_path):
     argv, report = smoke_run
-    argv = list(argv)
-    argv[argv.index("--workdir") + 1] = str(tmp_path / "work")
-    argv[argv.index("--results-dir") + 1] = str(tmp_path / "results")
+    argv = interrupt.relocated(argv, tmp_path)
     # MNIST alone keeps the test short; its results must equal the uninterrupted run's.
     argv.append("--cifar10.no-enabled")
     files = interrupt.kill_point("scripts.posit_cnn", 3, 30)
