@@ -41,7 +41,6 @@ Run: `python -m scripts.cyclic_quant --preset small` (see `--help` for every fie
 """
 
 import dataclasses
-import json
 import logging
 import math
 import time

@@ -42,7 +42,6 @@ import ctypes
 import dataclasses
 import json
 import logging
-import math
 import os
 import signal
 import subprocess

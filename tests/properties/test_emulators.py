@@ -4,7 +4,6 @@ Exhaustive tests cover every 8-bit posit format and the fraction grids of the lo
 multipliers; these properties reach the wider formats and arbitrary float32 inputs.
 """
 
-import math
 
 import jax.numpy as jnp
 import numpy as np

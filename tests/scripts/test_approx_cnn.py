@@ -12,6 +12,7 @@ import pytest
 
 from scripts import approx_cnn
 from tests.conftest import REPO
+from tests.scripts import interrupt
 
 
 def run_main(argv):
