@@ -1,14 +1,30 @@
 """Test-wide settings: key-reuse checking, no hub access, a private cache, the data mirror."""
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
+
+def _session_folder(variable, prefix):
+    """Point `variable` at a new temporary folder, removed at exit, unless it is already set."""
+    if variable not in os.environ:
+        folder = tempfile.mkdtemp(prefix=prefix)
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        os.environ[variable] = folder
+
+
 # Set before jax or datasets are imported by any test module.
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("JAXLAB_CACHE_DIR", tempfile.mkdtemp(prefix="jaxlab-test-cache-"))
+_session_folder("JAXLAB_CACHE_DIR", "jaxlab-test-cache-")
+# A persistent compilation cache for the session: the script subprocesses of the
+# kill-and-restart tests load the programs this process compiled instead of compiling
+# them again, which saves several seconds per test.
+_session_folder("JAX_COMPILATION_CACHE_DIR", "jaxlab-test-xla-cache-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402
 
