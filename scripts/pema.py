@@ -191,6 +191,15 @@ def validate(config):
         raise ValueError(f"lambda_max={config.lambda_max} is not valid; use a value in [0, 1].")
     if not 0.0 <= config.knn_lambda <= 1.0:
         raise ValueError(f"knn_lambda={config.knn_lambda} is not valid; use a value in [0, 1].")
+    # Training splits each batch over every device, so an uneven batch would fail only
+    # after the memory and the baselines were built.
+    devices = jax.device_count()
+    split_batches = {"lora_batch_size": "lora" in config.methods,
+                     "pema_batch_size": any(method.startswith("pema") for method in config.methods)}
+    for name, used in split_batches.items():
+        if used and getattr(config, name) % devices:
+            raise ValueError(f"{name}={getattr(config, name)} cannot be split evenly over {devices} devices; "
+                             f"use a multiple of {devices}.")
 
 
 # --------------------------------------------------------------------------------------

@@ -159,6 +159,17 @@ def test_bad_input_exits_2(args, message, tmp_path, data_dir, capsys):
     assert stderr.strip().splitlines()[-1].startswith("error:")
 
 
+def test_uneven_device_batch_rejected(monkeypatch):
+    # The small preset trains LoRA on batches of 4, which 8 devices cannot share.
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
+    with pytest.raises(ValueError, match=r"lora_batch_size=4 cannot be split evenly over 8 devices"):
+        pema.validate(pema.PRESETS["small"])
+    config = dataclasses.replace(pema.PRESETS["small"], lora_batch_size=8, pema_batch_size=12)
+    with pytest.raises(ValueError, match=r"pema_batch_size=12 cannot be split evenly over 8 devices"):
+        pema.validate(config)
+    pema.validate(dataclasses.replace(config, pema_batch_size=16))
+
+
 def _is_running(pid):
     """Return whether process `pid` exists and is not a zombie, from /proc/<pid>/stat."""
     try:
