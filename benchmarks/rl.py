@@ -60,17 +60,36 @@ def time_variants(args):
     return {label: statistics.median(values) for label, values in seconds.items()}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def positive_int(text):
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not valid; give an integer of at least 1")
+    return value
+
+
+def parse_args(argv=None):
+    """Parse and check the command line; a bad value exits with status 2 and one line."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.rl", description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", default="MiniGrid-DoorKey-8x8", help="environment name from rl.envs")
-    parser.add_argument("--num-envs", type=int, default=16, help="environments stepped in parallel")
-    parser.add_argument("--num-steps", type=int, default=64, help="steps per environment per rollout")
-    parser.add_argument("--updates", type=int, default=10, help="PPO updates per timed call")
-    parser.add_argument("--rounds", type=int, default=3, help="timed calls per variant")
+    parser.add_argument("--num-envs", type=positive_int, default=16, help="environments stepped in parallel")
+    parser.add_argument("--num-steps", type=positive_int, default=64, help="steps per environment per rollout")
+    parser.add_argument("--updates", type=positive_int, default=10, help="PPO updates per timed call")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="timed calls per variant")
     parser.add_argument("--full-size", action="store_true", help="TeCLE networks at the authors' sizes")
     parser.add_argument("--update-proportion", type=float, default=None,
                         help="fraction of each minibatch TeCLE trains on (default: that of the chosen sizes)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    try:
+        for method in ("none", "tecle"):
+            ppo.validate(make_config(args, method))
+    except ValueError as error:
+        parser.error(str(error))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
 
     print(f"machine: {platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}, "
           f"JAX {jax.__version__}")
@@ -78,7 +97,8 @@ def main():
     steps = args.num_envs * args.num_steps * args.updates
     reference = medians["PPO"]
     print(f"\n{args.env}, {args.num_envs} environments x {args.num_steps} steps, {args.updates} updates "
-          f"({steps:,} environment steps per call), median of {args.rounds} rounds")
+          f"({steps:,} environment steps per call), median of {args.rounds} "
+          f"round{'s' if args.rounds > 1 else ''}")
     print("| variant | s/call | env steps/s | ratio to PPO |")
     print("|---|---|---|---|")
     for label, seconds in medians.items():

@@ -8,6 +8,7 @@ or overwriting it.
 
 import json
 import logging
+import math
 import os
 from importlib import metadata
 from pathlib import Path
@@ -26,11 +27,26 @@ def jaxlab_version():
         return "unknown"
 
 
+def finite_or_none(value):
+    """Return `value` with NaN and infinite floats replaced by None, in nested dicts and lists too."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(item) for item in value]
+    return value
+
+
 def write_json_atomic(path, value):
-    """Write JSON to `path` through a temporary file, so readers never see half a file."""
+    """Write JSON to `path` through a temporary file, so readers never see half a file.
+
+    NaN and infinities, which JSON has no literal for, are written as null, so any JSON
+    parser reads the file.
+    """
     path = Path(path)
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    temporary.write_text(json.dumps(finite_or_none(value), indent=2, sort_keys=True, allow_nan=False) + "\n")
     os.replace(temporary, path)
 
 
@@ -65,7 +81,7 @@ class Checkpointer:
             write_json_atomic(stamp, identity)
             return
         stored = json.loads(stamp.read_text())
-        if stored != json.loads(json.dumps(identity)):
+        if stored != json.loads(json.dumps(finite_or_none(identity))):
             changed = sorted(
                 key
                 for key in set(stored.get("config", {})) | set(config)

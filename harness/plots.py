@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
@@ -135,6 +136,13 @@ def bar_plot(path, categories, series, *, ylabel, title, reference_lines=None):
     return _save(figure, path, bbox_inches="tight")
 
 
+def isolated(values):
+    """Mask of the finite entries of a 1-D array whose neighbours are NaN or missing."""
+    finite = np.isfinite(values)
+    padded = np.pad(finite, 1)  # False beyond both ends
+    return finite & ~padded[:-2] & ~padded[2:]
+
+
 def band_plot(path, curves, *, xlabel, ylabel, title, styles=None):
     """Plot named mean curves with shaded bands (such as 95% confidence intervals) and save a PNG.
 
@@ -161,8 +169,15 @@ def band_plot(path, curves, *, xlabel, ylabel, title, styles=None):
         else:
             color, linestyle = f"C{unstyled % 10}", "-"
             unstyled += 1
-        axes.plot(list(xs), list(mean), color=color, linestyle=linestyle, label=name)
-        axes.fill_between(list(xs), list(lower), list(upper), color=color, alpha=0.15, linewidth=0)
+        xs, mean, lower, upper = (np.asarray(values, np.float64) for values in (xs, mean, lower, upper))
+        axes.plot(xs, mean, color=color, linestyle=linestyle, label=name)
+        axes.fill_between(xs, lower, upper, color=color, alpha=0.15, linewidth=0)
+        # A point between two gaps joins no line and shades no band, so it gets a marker
+        # and an error bar.
+        alone = isolated(mean)
+        if alone.any():
+            axes.errorbar(xs[alone], mean[alone], yerr=[mean[alone] - lower[alone], upper[alone] - mean[alone]],
+                          color=color, linestyle="none", marker="o", markersize=3, capsize=2)
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.set_title(title)

@@ -95,13 +95,14 @@ def run(config):
 
 def main(argv=None):
     metrics_lib.setup_logging()
-    try:
-        config = config_lib.parse_cli(PRESETS, args=argv, prog="python -m scripts.reproduce",
-                                      description=__doc__.split("\n\n")[0])
-        path, failures = run(config)
-    except (ValueError, data_lib.DataNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    with common.exit_on_interrupt():
+        try:
+            config = config_lib.parse_cli(PRESETS, args=argv, prog="python -m scripts.reproduce",
+                                          description=__doc__.split("\n\n")[0])
+            path, failures = run(config)
+        except (ValueError, data_lib.DataNotFoundError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
     print(f"report written to {path}")
     if failures:
         print(f"{len(failures)} experiment(s) failed: {', '.join(n for n, _ in failures)}",

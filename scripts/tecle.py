@@ -140,6 +140,17 @@ PRESETS = {
 
 def validate(config):
     """Raise ValueError, naming the value and the valid choices, for a config that cannot run."""
+    for field, choices in (("envs", envs_lib.ENVIRONMENTS), ("settings", tuple(SETTINGS)), ("methods", METHODS)):
+        if not getattr(config, field):
+            raise ValueError(f"{field} is empty; give at least one of {choices}.")
+    rollout = config.ppo.num_envs * config.ppo.num_steps
+    minigrid = any(env in envs_lib.MINIGRID for env in config.envs)
+    minatar = any(env not in envs_lib.MINIGRID for env in config.envs)
+    for field, used in (("minigrid_timesteps", minigrid), ("minatar_timesteps", minatar)):
+        if used and getattr(config, field) < rollout:
+            raise ValueError(
+                f"{field}={getattr(config, field)} is less than one rollout of --ppo.num-envs x "
+                f"--ppo.num-steps = {rollout} environment steps; give at least {rollout}.")
     for name in config.envs:
         envs_lib.check_name(name)
     for setting in config.settings:
@@ -207,6 +218,10 @@ def train_runs(config, method, env, setting):
         keys = mesh_lib.shard_batch(mesh, keys)
     else:
         keys = mesh_lib.replicate(mesh, keys)
+        if mesh.devices.size > 1:
+            logger.info("%d seeds do not split evenly over %d devices, so every device trains every seed; "
+                        "a seed count that is a multiple of %d splits them", config.seeds, mesh.devices.size,
+                        mesh.devices.size)
     started = time.perf_counter()
     if method == "tecle":
         _, betas, latent_axes = zip(*tecle_variants(config))
@@ -445,6 +460,10 @@ def _claims(config, summary):
         rows.append(["the best beta depends on the environment", "yes", "; ".join(best_betas)])
     table = report_lib.markdown_table(["claim", "published", "measured here (final return, 95% CI)"], rows)
 
+    if not sentences:
+        paragraph = ("Do our numbers support the claims? This run cannot say: the claims compare TeCLE "
+                     "with RND and ICM under Noisy TV or sticky actions, and no such pair of runs was made.")
+        return table, paragraph
     separated = [s for s in sentences if " above " in s]
     paragraph = (
         f"Do our numbers support the claims? Out of {len(sentences)} comparisons of the best TeCLE "
@@ -499,13 +518,24 @@ def build_section(config, summary, timings, run_dir):
     plot_paths = [(f"{env}, {setting}: episode return", _plot(config, summary, env, setting, run_dir))
                   for env in config.envs for setting in config.settings]
     total_steps = sum(t["env_steps"] for t in timings.values())
+    minatar = any(env not in envs_lib.MINIGRID for env in config.envs)
+    minigrid = any(env in envs_lib.MINIGRID for env in config.envs)
+    per_run = []
+    if minigrid:
+        per_run.append(f"{config.minigrid_timesteps:,} environment steps per MiniGrid run")
+    if minatar:
+        per_run.append(f"{config.minatar_timesteps:,} environment steps per MinAtar run")
+    steps_per_run = " and ".join(per_run)
+    tecle_betas = ""
+    if "tecle" in config.methods:
+        tecle_betas = (
+            f"; TeCLE with beta in {{{', '.join(f'{b:g}' for b in config.betas)}}} and noise correlated along "
+            f"time, and with beta in {{{', '.join(f'{b:g}' for b in config.latent_axis_betas)}}} along the "
+            "latent axis")
     text = "\n".join([
         f"PPO with {', '.join(config.methods)} on {', '.join(config.envs)}, each "
-        f"{', '.join(config.settings)}, {config.seeds} seeds vmapped per program; TeCLE with beta in "
-        f"{{{', '.join(f'{b:g}' for b in config.betas)}}} and noise correlated along time, and with beta in "
-        f"{{{', '.join(f'{b:g}' for b in config.latent_axis_betas)}}} along the latent axis. "
-        f"{config.minigrid_timesteps:,} environment steps per MiniGrid "
-        f"run and {config.minatar_timesteps:,} per MinAtar run; {total_steps:,} steps in all, "
+        f"{', '.join(config.settings)}, {config.seeds} seeds vmapped per program{tecle_betas}. "
+        f"{steps_per_run}; {total_steps:,} steps in all, "
         f"{sum(t['seconds'] for t in timings.values()):.0f} s of training and compilation "
         "(cached triples count the time of their first run).",
         "",
@@ -520,7 +550,8 @@ def build_section(config, summary, timings, run_dir):
     deviations = [
         "MinAtar games (gymnax) stand in for Atari; MiniGrid comes from xminigrid, whose DoorKey "
         "matches MiniGrid's layout and reward.",
-        f"Networks: agent width {config.ppo.hidden}, {config.minatar_torso} torso on MinAtar; intrinsic "
+        f"Networks: agent width {config.ppo.hidden}"
+        f"{f', {config.minatar_torso} torso on MinAtar' if minatar else ''}; intrinsic "
         f"modules with {config.ppo.intrinsic.channels} channels, {config.ppo.intrinsic.conv_layers} "
         f"convolution(s), latent {config.ppo.intrinsic.latent}.",
         f"The intrinsic modules train on a random {config.ppo.intrinsic.update_proportion:.0%} of each PPO "

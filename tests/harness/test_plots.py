@@ -1,5 +1,7 @@
 """Report figures are written as PNG files."""
 
+import numpy as np
+
 from harness import plots
 
 
@@ -39,3 +41,21 @@ def test_band_plot_writes_png_with_gaps(tmp_path):
     )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 1000
+
+
+def test_isolated_marks_points_between_gaps():
+    nan = float("nan")
+    np.testing.assert_array_equal(plots.isolated(np.array([0.8, nan, nan, 0.01])), [True, False, False, True])
+    np.testing.assert_array_equal(plots.isolated(np.array([1.0, 2.0, nan, 3.0])), [False, False, False, True])
+    np.testing.assert_array_equal(plots.isolated(np.array([5.0])), [True])
+    assert plots.isolated(np.array([])).shape == (0,)
+
+
+def test_band_plot_draws_a_lone_point(tmp_path, monkeypatch):
+    nan = float("nan")
+    bars = []
+    monkeypatch.setattr(plots.plt.Axes, "errorbar", lambda self, x, y, **kwargs: bars.append((list(x), list(y))))
+    plots.band_plot(tmp_path / "lone.png", {"tecle": ([1, 2, 3, 4], [0.8, nan, nan, 0.1], [0.7, nan, nan, 0.0],
+                                                      [0.9, nan, nan, 0.2])},
+                    xlabel="steps", ylabel="return", title="lone points")
+    assert bars == [([1.0, 4.0], [0.8, 0.1])]

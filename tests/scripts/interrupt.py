@@ -61,6 +61,29 @@ def kill_then_restart(module, argv, workdir, *, files, timeout=600, env=None):
     return report, completed.stderr
 
 
+def sigint_once_started(module, argv, workdir, *, files, timeout=600):
+    """Run `python -m module argv`, send it SIGINT once `workdir` contains `files` files.
+
+    Returns:
+      (exit status, stderr) of the interrupted process.
+    """
+    process = subprocess.Popen([sys.executable, "-m", module, *argv], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    try:
+        while _count_files(workdir) < files:
+            assert process.poll() is None, f"{module} ended before its work folder held {files} files"
+            assert time.time() < deadline, f"{module} wrote fewer than {files} files in {timeout} s"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, stderr
+
+
 def results(report, experiment):
     """The results.json an experiment wrote beside `report`."""
     return json.loads((Path(report).parent / experiment / "results.json").read_text())

@@ -65,3 +65,5 @@ def test_missing_data_exits_2_with_one_line(module, capsys, tmp_path, monkeypatc
     expected = MISSING.get(module, "does not contain cifar10/")
     assert stderr[-1].startswith("error: "), stderr
     assert expected in stderr[-1], stderr
+    # The report folder made for the run is removed, because the run wrote nothing.
+    assert list((tmp_path / "results").iterdir()) == []

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scripts import tecle
+from scripts import common, tecle
 from tests.conftest import REPO
 from tests.scripts import interrupt
 
@@ -24,7 +24,7 @@ def smoke_run(tmp_path_factory, experiment_workdir):
 
 
 def comparable(results):
-    """Serialize results.json without its wall-clock seconds. As JSON text, NaN equals NaN."""
+    """Serialize results.json without its wall-clock seconds, so that equal results give equal text."""
     steps = {triple: timing["env_steps"] for triple, timing in results["timings"].items()}
     return json.dumps({"summary": results["summary"], "env_steps": steps}, sort_keys=True)
 
@@ -92,6 +92,11 @@ def test_confidence_interval_by_hand():
     ({"betas": (0.0, 3.0)}, r"beta=3 is outside the valid range \[-2, 2\]"),
     ({"settings": ("windy",)}, r"setting 'windy' is not valid"),
     ({"methods": ("ngu",)}, r"method 'ngu' is not valid"),
+    ({"envs": ()}, r"envs is empty; give at least one of \('MiniGrid-"),
+    ({"settings": ()}, r"settings is empty"),
+    ({"methods": ()}, r"methods is empty"),
+    ({"minigrid_timesteps": 10}, r"minigrid_timesteps=10 is less than one rollout of --ppo.num-envs x "
+                                 r"--ppo.num-steps = 256 environment steps; give at least 256"),
 ])
 def test_invalid_config_raises(change, match):
     with pytest.raises(ValueError, match=match):
@@ -123,6 +128,18 @@ def test_sigkill_then_restart_matches(tmp_path):
     restarted, _ = interrupt.kill_then_restart("scripts.tecle", argv, tmp_path / "work", files=files, env=cache)
     assert set(results_of(restarted)["timings"]) == {"ppo-MiniGrid-Empty-8x8-plain", "ppo-MiniGrid-Empty-8x8-noisy_tv"}
     assert comparable(results_of(restarted)) == comparable(results_of(uninterrupted))
+
+
+def test_sigint_exits_130_with_hint(tmp_path):
+    # The interrupt lands while the second of two triples trains, after the first was
+    # cached, where a KeyboardInterrupt could be lost in a garbage-collection callback.
+    argv = ["--preset", "smoke", "--methods", "ppo", "--settings", "plain", "noisy_tv",
+            "--workdir", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results")]
+    status, stderr = interrupt.sigint_once_started("scripts.tecle", argv, tmp_path / "work", files=1)
+    assert status == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == common.INTERRUPTED_MESSAGE
+    assert "Traceback" not in stderr
+    assert not list((tmp_path / "results").rglob("REPORT.md"))
 
 
 def test_nonfinite_loss_names_first_update_and_run():
