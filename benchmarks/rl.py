@@ -96,9 +96,10 @@ def main(argv=None):
     medians = time_variants(args)
     steps = args.num_envs * args.num_steps * args.updates
     reference = medians["PPO"]
-    print(f"\n{args.env}, {args.num_envs} environments x {args.num_steps} steps, {args.updates} update{'s' if args.updates > 1 else ''} "
-          f"({steps:,} environment steps per call), median of {args.rounds} "
-          f"round{'s' if args.rounds > 1 else ''}")
+    updates = f"{args.updates} update{'s' if args.updates > 1 else ''}"
+    rounds = f"{args.rounds} round{'s' if args.rounds > 1 else ''}"
+    print(f"\n{args.env}, {args.num_envs} environments x {args.num_steps} steps, {updates} "
+          f"({steps:,} environment steps per call), median of {rounds}")
     print("| variant | s/call | env steps/s | ratio to PPO |")
     print("|---|---|---|---|")
     for label, seconds in medians.items():
