@@ -32,7 +32,9 @@ def relocated(argv, folder):
 
 
 def _count_files(folder):
-    return sum(1 for path in Path(folder).rglob("*") if path.is_file()) if Path(folder).exists() else 0
+    # os.walk skips a folder that vanishes while it walks, as orbax's temporary checkpoint
+    # folders do when they are renamed, where Path.rglob raises FileNotFoundError.
+    return sum(len(files) for _, _, files in os.walk(folder))
 
 
 def kill_then_restart(module, argv, workdir, *, files, timeout=600, env=None):
