@@ -138,14 +138,20 @@ PRESETS = {
 }
 
 
+def env_families(config):
+    """Return (whether any environment is MiniGrid, whether any is MinAtar)."""
+    minigrid = any(env in envs_lib.MINIGRID for env in config.envs)
+    minatar = any(env not in envs_lib.MINIGRID for env in config.envs)
+    return minigrid, minatar
+
+
 def validate(config):
     """Raise ValueError, naming the value and the valid choices, for a config that cannot run."""
     for field, choices in (("envs", envs_lib.ENVIRONMENTS), ("settings", tuple(SETTINGS)), ("methods", METHODS)):
         if not getattr(config, field):
             raise ValueError(f"{field} is empty; give at least one of {choices}.")
     rollout = config.ppo.num_envs * config.ppo.num_steps
-    minigrid = any(env in envs_lib.MINIGRID for env in config.envs)
-    minatar = any(env not in envs_lib.MINIGRID for env in config.envs)
+    minigrid, minatar = env_families(config)
     for field, used in (("minigrid_timesteps", minigrid), ("minatar_timesteps", minatar)):
         if used and getattr(config, field) < rollout:
             raise ValueError(
@@ -518,8 +524,7 @@ def build_section(config, summary, timings, run_dir):
     plot_paths = [(f"{env}, {setting}: episode return", _plot(config, summary, env, setting, run_dir))
                   for env in config.envs for setting in config.settings]
     total_steps = sum(t["env_steps"] for t in timings.values())
-    minatar = any(env not in envs_lib.MINIGRID for env in config.envs)
-    minigrid = any(env in envs_lib.MINIGRID for env in config.envs)
+    minigrid, minatar = env_families(config)
     per_run = []
     if minigrid:
         per_run.append(f"{config.minigrid_timesteps:,} environment steps per MiniGrid run")
